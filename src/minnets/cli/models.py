@@ -1,0 +1,26 @@
+"""``minnets models``: every registered model with its parameter count against the paper's."""
+
+from __future__ import annotations
+
+import argparse
+
+from minnets.models import count_parameters, create_model, list_models, model_info
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_models(args.pattern):
+        params = count_parameters(create_model(name))
+        paper = model_info(name)["paper_params"]
+        rows.append((name, f"{params:,}", f"{paper:,}", "yes" if params == paper else "NO"))
+    header = ("model", "parameters", "paper", "match")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    return 0 if all(row[3] == "yes" for row in rows) else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("models", help="list the models with their parameter counts")
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'min_*'")
+    parser.set_defaults(handler=run)
