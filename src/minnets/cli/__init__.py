@@ -17,6 +17,11 @@ from minnets.errors import MinnetsError
 
 COMMAND_MODULES = (
     "minnets.cli.models",
+    "minnets.cli.train",
+    "minnets.cli.benchmark",
+    "minnets.cli.report",
+    "minnets.cli.jpeg",
+    "minnets.cli.sweep",
 )
 
 

@@ -51,10 +51,14 @@ class DenseLayer(nn.Module):
 
     def _bottleneck(self, features: Sequence[torch.Tensor], recomputing: bool = False) -> torch.Tensor:
         x = torch.cat(list(features), 1)
-        if recomputing:  # same batch statistics, but leave the running statistics alone
-            x = F.batch_norm(x, None, None, self.norm1.weight, self.norm1.bias, True, 0.0, self.norm1.eps)
-        else:
-            x = self.norm1(x)
+        if not recomputing:
+            return self.conv1(F.relu(self.norm1(x)))
+        # The forward pass already updated the running statistics: keep them as they were.
+        saved = [buffer.clone() for buffer in self.norm1.buffers()]
+        x = self.norm1(x)
+        with torch.no_grad():
+            for buffer, value in zip(self.norm1.buffers(), saved):
+                buffer.copy_(value)
         return self.conv1(F.relu(x))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,294 @@
+"""The paper's figures (2, 3, 4, 5) and training curves, drawn from an experiment's runs.
+
+Styles follow the paper: baseline black and dashed, Min-Net blue and solid, diamonds at the
+means. The paper's own means are drawn faint and dotted with hollow circles, so the two
+sources are never confused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from minnets.jpeg import compress
+from minnets.reports import published
+from minnets.reports.tables import (
+    DEPTH_SYMBOLS,
+    FAMILY_LABELS,
+    Experiment,
+    ModelGroup,
+)
+
+DPI = 150
+UPSCALE = 8  # nearest-neighbour factor for Figure 5 (32 x 32 -> 256 x 256 pixels)
+METRIC_LABELS = {
+    "test_err": "test error (%)",
+    "pocp": "changed predictions, POCP (%)",
+}
+
+
+def _style(min_net: bool) -> dict[str, Any]:
+    if min_net:
+        return {"color": "tab:blue", "linestyle": "-", "name": "Min-Net"}
+    return {"color": "black", "linestyle": "--", "name": "baseline"}
+
+
+def _figure(**kwargs: Any) -> Figure:
+    """A figure on the Agg canvas, outside pyplot: no global backend switch, nothing to close."""
+    fig = Figure(layout="constrained", **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Save atomically, so an interrupted report never leaves a truncated PNG behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=DPI, format="png")
+    os.replace(tmp, path)
+
+
+def _known_families(experiment: Experiment) -> list[str]:
+    return [family for family in experiment.families() if family is not None]
+
+
+def _variants(experiment: Experiment, family: str, min_net: bool) -> list[ModelGroup]:
+    return sorted(
+        (g for g in experiment.models if g.family == family and g.min_net == min_net),
+        key=lambda g: g.depth,
+    )
+
+
+def error_vs_params(experiment: Experiment, path: Path) -> bool:
+    """Figure 2: final test error against parameters, one panel per family; False if no data."""
+    families = [f for f in _known_families(experiment)
+                if any(g.finished for g in experiment.models if g.family == f)]
+    if not families:
+        return False
+    fig = _figure(figsize=(max(6.4 * len(families), 8.0), 5.4))
+    axes = fig.subplots(1, len(families), squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, family in zip(axes[0], families):
+        absent = []
+        for min_net in (False, True):
+            style = _style(min_net)
+            groups = _variants(experiment, family, min_net)
+            _plot_paper_means(ax, groups, style, handles)
+            points = [(g.num_params(), g.final_stats("final_test_err"), g.depth)
+                      for g in groups if g.finished and g.num_params() is not None]
+            if points:
+                _plot_our_means(ax, family, points, style, handles)
+            absent += [f"{g.label}" for g in groups if not g.finished]
+        if absent:
+            ax.text(0.02, 0.02, "no finished run yet:\n" + "\n".join(absent), transform=ax.transAxes,
+                    fontsize=8, color="gray", va="bottom")
+        ax.set_title(f"{FAMILY_LABELS[family]} on {experiment.title}")
+        ax.set_xlabel("parameters (thousands)")
+        ax.set_ylabel("test error after the last epoch (%)")
+        ax.margins(x=0.12, y=0.08)  # room for the depth labels beside the outer points
+        ax.grid(alpha=0.3)
+    fig.suptitle("Figure 2: test error against model size")
+    _figure_legend(fig, handles)
+    _save(fig, path)
+    return True
+
+
+def _plot_our_means(ax: Axes, family: str, points: list[tuple[int, Any, int]],
+                    style: dict[str, Any], handles: dict[str, Any]) -> None:
+    x = np.array([p[0] for p in points]) / 1e3
+    stats = [p[1] for p in points]
+    mean = np.array([s.mean for s in stats])
+    low, high = [s.min for s in stats], [s.max for s in stats]
+    if len(points) > 1:
+        band = ax.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
+    else:  # a band needs two points: show the single min-max range as a wide faint bar
+        band = ax.vlines(x, low, high, color=style["color"], alpha=0.15, linewidth=12)
+    bars = ax.errorbar(x, mean, yerr=[s.std or 0.0 for s in stats], color=style["color"],
+                       linestyle=style["linestyle"], marker="D", markersize=6, capsize=4)
+    # baseline labels above right, Min-Net labels below left: Min-Nets sit lower and to the left
+    offset, align = ((-8, -13), "right") if style["name"] == "Min-Net" else ((7, 5), "left")
+    for xi, yi, (_, _, depth) in zip(x, mean, points):
+        ax.annotate(f"{DEPTH_SYMBOLS[family]}={depth}", (xi, yi), xytext=offset, ha=align,
+                    textcoords="offset points", fontsize=8, color=style["color"])
+    handles[f"ours: {style['name']}, mean ± std"] = bars
+    handles[f"ours: {style['name']}, min to max"] = band
+
+
+def _plot_paper_means(ax: Axes, groups: list[ModelGroup], style: dict[str, Any],
+                      handles: dict[str, Any]) -> None:
+    points = sorted(
+        (g.published["parameters"] / 1e3, g.published["final_test_err"]["mean"])
+        for g in groups if g.published is not None
+    )
+    if points:
+        (line,) = ax.plot(*zip(*points), color=style["color"], linestyle=":", marker="o",
+                          markerfacecolor="none", alpha=0.45, zorder=3)
+        handles[f"paper: {style['name']}, mean"] = line
+
+
+def _figure_legend(fig: Figure, handles: dict[str, Any]) -> None:
+    """One legend below all panels (never over data): ours first, baseline before Min-Net."""
+    order = sorted(handles, key=lambda k: (k.startswith("paper"), "Min-Net" in k))
+    width = fig.get_figwidth()
+    fig.legend([handles[k] for k in order], order, loc="outside lower center", fontsize=9,
+               ncols=max(1, min(len(order), int(width // 3.6))))
+
+
+def jpeg_curves(experiment: Experiment, mode: str, metric: str, path: Path) -> bool:
+    """Figures 3 (POCP) and 4 (test error) against JPEG quality; one row per family, one
+    panel per depth. Returns False when no run has results in this mode."""
+    families = [f for f in _known_families(experiment)
+                if any(g.jpeg_seeds(mode) for g in experiment.models if g.family == f)]
+    if not families:
+        return False
+    depths = {f: sorted({g.depth for g in experiment.models if g.family == f}) for f in families}
+    ncols = max(len(d) for d in depths.values())
+    fig = _figure(figsize=(max(3.6 * ncols, 8.0), 3.3 * len(families) + 1.2))
+    axes = fig.subplots(len(families), ncols, squeeze=False)
+    show_paper = experiment.paper_applies and mode == published.paper_jpeg_mode()
+    handles: dict[str, Any] = {}
+    for row, family in enumerate(families):
+        for col in range(ncols):
+            ax = axes[row][col]
+            if col >= len(depths[family]):
+                ax.set_visible(False)
+                continue
+            depth = depths[family][col]
+            absent = []
+            for min_net in (False, True):
+                style = _style(min_net)
+                group = next((g for g in experiment.models if g.family == family
+                              and g.depth == depth and g.min_net == min_net), None)
+                if group is None:
+                    continue
+                if show_paper and group.published is not None:
+                    (line,) = ax.plot(*_paper_curve(group, metric), color=style["color"],
+                                      linestyle=":", marker="o", markersize=4,
+                                      markerfacecolor="none", alpha=0.45, zorder=3)
+                    handles[f"paper: {style['name']}"] = line
+                q, v = _our_curve(group, mode, metric)
+                if not q:
+                    absent.append(style["name"])
+                    continue
+                (line,) = ax.plot(q, v, color=style["color"], linestyle=style["linestyle"],
+                                  marker="D", markersize=4)
+                handles[f"ours: {style['name']}, mean over seeds"] = line
+            if absent:
+                ax.text(0.04, 0.96, "no results yet: " + ", ".join(absent), transform=ax.transAxes,
+                        va="top", fontsize=8, color="gray")
+            ax.set_title(f"{FAMILY_LABELS[family]} {DEPTH_SYMBOLS[family]}={depth}")
+            ax.set_xlim(103, 7)
+            ax.set_xticks(published.qualities())
+            ax.grid(alpha=0.3)
+            ax.set_xlabel("JPEG quality Q")
+            if col == 0:
+                ax.set_ylabel(METRIC_LABELS[metric])
+    number, what = (3, "changed predictions (POCP)") if metric == "pocp" else (4, "test error")
+    fig.suptitle(f"Figure {number}: {what} against JPEG quality on {experiment.title}\n"
+                 f"JPEG mode '{mode}'; Q=100 is the uncompressed test set")
+    _figure_legend(fig, handles)
+    _save(fig, path)
+    return True
+
+
+def _our_curve(group: ModelGroup, mode: str, metric: str) -> tuple[list[int], list[float]]:
+    points = [(q, group.jpeg_stats(mode, metric, q).mean) for q in published.qualities()]
+    points = [(q, v) for q, v in points if v is not None]
+    return [q for q, _ in points], [v for _, v in points]
+
+
+def _paper_curve(group: ModelGroup, metric: str) -> tuple[list[int], list[float]]:
+    values = dict(group.published["jpeg_test_err" if metric == "test_err" else "pocp"])
+    if metric == "pocp":
+        values[100] = 0.0  # by definition: the uncompressed test set changes no prediction
+    qs = sorted(values, reverse=True)
+    return qs, [values[q] for q in qs]
+
+
+def training_curves(experiment: Experiment, family: str | None, path: Path) -> None:
+    """Test error per epoch for every run of a family: a panel per model, a line per seed.
+
+    Known families are laid out as rows baseline / Min-Net and one column per depth.
+    """
+    groups = [g for g in experiment.models if g.family == family]
+    if family is None:
+        ncols = min(4, len(groups))
+        cells = {(i // ncols, i % ncols): g for i, g in enumerate(groups)}
+        nrows = math.ceil(len(groups) / ncols)
+    else:
+        depths = sorted({g.depth for g in groups})
+        variants = sorted({bool(g.min_net) for g in groups})
+        cells = {(variants.index(bool(g.min_net)), depths.index(g.depth)): g for g in groups}
+        nrows, ncols = len(variants), len(depths)
+    seeds = sorted({run.seed for g in groups for run in g.runs}, key=lambda s: (s is None, s))
+    colors = {seed: matplotlib.colormaps["tab10"](i % 10) for i, seed in enumerate(seeds)}
+    fig = _figure(figsize=(max(4.2 * ncols, 6.4), 3.4 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for row, col in itertools.product(range(nrows), range(ncols)):
+        ax = axes[row][col]
+        group = cells.get((row, col))
+        if group is None:
+            ax.set_visible(False)
+            continue
+        ax.set_title(group.label, fontsize=10)
+        curves = [run for run in group.runs if run.curve]
+        if not curves:
+            ax.text(0.5, 0.5, "no finished epoch yet" if group.runs else "no runs yet",
+                    transform=ax.transAxes, ha="center", color="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        for run in sorted(curves, key=lambda r: (r.seed is None, r.seed)):
+            epochs, errors = zip(*run.curve)
+            label = f"seed {run.seed}" + ("" if run.finished else " (unfinished)")
+            ax.plot(epochs, errors, color=colors[run.seed], linewidth=1.0,
+                    linestyle="-" if run.finished else "--", label=label)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test error (%, log scale)")
+        ax.legend(fontsize=7, loc="upper right")
+    name = FAMILY_LABELS.get(family, "other models")
+    fig.suptitle(f"Training curves: {name} on {experiment.title}")
+    _save(fig, path)
+
+
+def _minor_label(value: float, _pos: int) -> str:
+    """Label some minor ticks: a log axis spanning about one decade has one major tick at most."""
+    leading = round(value / 10 ** math.floor(math.log10(value)))
+    return f"{value:g}" if leading in (2, 3, 4, 6) else ""
+
+
+def jpeg_examples(image: np.ndarray, modes: list[str], title: str, path: Path) -> None:
+    """Figure 5: one uint8 RGB image at every quality (100 = original), one row per JPEG mode."""
+    qualities = published.qualities()
+    fig = _figure(figsize=(1.75 * len(qualities), 2.0 * len(modes) + 0.6))
+    axes = fig.subplots(len(modes), len(qualities), squeeze=False)
+    for row, mode in enumerate(modes):
+        for col, quality in enumerate(qualities):
+            shown = image if quality == 100 else compress(image[None], quality, mode)[0]
+            big = np.repeat(np.repeat(shown, UPSCALE, axis=0), UPSCALE, axis=1)
+            ax = axes[row][col]
+            ax.imshow(big, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title("Q=100 (original)" if quality == 100 else f"Q={quality}", fontsize=10)
+            if col == 0:
+                ax.set_ylabel(f"mode '{mode}'", fontsize=10)
+    fig.suptitle(f"Figure 5: {title} at every JPEG quality (nearest-neighbour upscaled "
+                 f"{UPSCALE}x)")
+    _save(fig, path)
+

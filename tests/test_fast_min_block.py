@@ -1,0 +1,196 @@
+"""The fast Min-unit and Min-block against a plain reference of the same mathematics.
+
+The reference below is the straightforward composition of PyTorch modules the project started
+from (two depthwise convs, ``F.instance_norm``, ``F.relu``, ``torch.minimum``, a zero-padded
+shortcut). It has the same parameters under the same state_dict keys, so the fast modules
+load its weights and must give the same outputs, input gradients, parameter gradients and
+BatchNorm running statistics, to 1e-5, in every configuration the models use and a few more.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minnets.layers import MinBlock, MinUnit
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tensors here are tiny: one thread is faster, above all on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class PlainMinUnit(nn.Module):
+    def __init__(self, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        conv = dict(kernel_size=3, stride=stride, padding=1, groups=channels, bias=False)
+        self.filter_v = nn.Conv2d(channels, channels, **conv)
+        self.filter_g = nn.Conv2d(channels, channels, **conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = F.relu(F.instance_norm(self.filter_v(x), eps=1e-5))
+        g = F.relu(F.instance_norm(self.filter_g(x), eps=1e-5))
+        return torch.minimum(v, g)
+
+
+class PlainShortcut(nn.Module):
+    def __init__(self, d_in: int, d_out: int, stride: int, projection: bool) -> None:
+        super().__init__()
+        self.d_in, self.d_out, self.stride = d_in, d_out, stride
+        self.projection = nn.Conv2d(d_in, d_out, 1, bias=True) if projection else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 2:
+            x = F.avg_pool2d(x, 2, stride=2, ceil_mode=True)
+        if self.projection is not None:
+            return self.projection(x)
+        return F.pad(x, (0, 0, 0, 0, 0, self.d_out - self.d_in))
+
+
+class PlainMinBlock(nn.Module):
+    def __init__(self, d_in: int, d_out: int, stride: int = 1, projection: bool | None = None) -> None:
+        super().__init__()
+        projection = d_in > d_out if projection is None else projection
+        hidden = 2 * d_out
+        self.expand = nn.Sequential(nn.Conv2d(d_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU())
+        self.min_unit = PlainMinUnit(hidden, stride)
+        self.reduce = nn.Sequential(nn.Conv2d(hidden, d_out, 1, bias=False), nn.BatchNorm2d(d_out), nn.ReLU())
+        self.shortcut = PlainShortcut(d_in, d_out, stride, projection)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.reduce(self.min_unit(self.expand(x)))
+
+
+def twins(plain: nn.Module, fast: nn.Module, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """The fast module with the plain one's weights; BN affine parameters made non-trivial."""
+    torch.manual_seed(seed)
+    for module in plain.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.uniform_(module.bias, -0.2, 0.2)
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.8, 1.2)
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+def run(module: nn.Module, x: torch.Tensor, upstream: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Output, input gradient, every parameter's gradient and every buffer after one pass."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    out = module(x)
+    out.backward(upstream)
+    results = {"output": out.detach(), "input.grad": x.grad}
+    results |= {f"{name}.grad": p.grad for name, p in module.named_parameters()}
+    results |= {name: b.detach().clone() for name, b in module.named_buffers()}
+    return results
+
+
+def assert_same(plain: nn.Module, fast: nn.Module, x: torch.Tensor, seed: int = 1, **tol: float) -> None:
+    torch.manual_seed(seed)
+    upstream = torch.randn_like(plain(x.detach()))
+    plain.load_state_dict(fast.state_dict())  # undo the running-statistics update of that call
+    expected, actual = run(plain, x, upstream), run(fast, x, upstream)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], msg=lambda m, key=key: f"{key}: {m}", **(tol or TOL))
+
+
+BLOCKS = [  # d_in, d_out, stride, projection, size: the paper's blocks, scaled down, and odd cases
+    (8, 8, 1, None, 8),  # ResNet stack 1: identity shortcut
+    (8, 16, 2, None, 8),  # ResNet stacks 2 and 3: pooled, zero channels appended
+    (30, 12, 1, True, 8),  # DenseNet: projection
+    (6, 4, 2, True, 7),  # projection after pooling an odd size (ceil mode)
+    (16, 8, 1, None, 5),  # narrower output: projection chosen automatically
+    (5, 5, 2, False, 9),  # odd size, identity after pooling
+]
+
+
+@pytest.mark.parametrize("d_in, d_out, stride, projection, size", BLOCKS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_min_block_matches_plain(d_in, d_out, stride, projection, size, channels_last, train):
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinBlock(d_in, d_out, stride, projection), MinBlock(d_in, d_out, stride, projection=projection))
+    plain.train(train), fast.train(train)
+    x = torch.randn(3, d_in, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert_same(plain, fast, x)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_min_unit_matches_plain(stride, channels_last):
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinUnit(6, stride), MinUnit(6, stride))
+    x = torch.relu(torch.randn(4, 6, 9, 9))  # Min-units see rectified maps, zeros included
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert_same(plain, fast, x)
+
+
+def test_min_unit_matches_plain_in_float64():
+    """In double precision the two agree to rounding: the same function, not an approximation."""
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinUnit(5, 2).double(), MinUnit(5, 2).double())
+    assert_same(plain, fast, torch.randn(2, 5, 11, 11, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_ties_split_the_gradient_like_torch_minimum():
+    """Equal filters give equal branches everywhere: each filter must get half the gradient."""
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinUnit(4), MinUnit(4))
+    with torch.no_grad():
+        plain.filter_g.weight.copy_(plain.filter_v.weight)
+    fast.load_state_dict(plain.state_dict())
+    assert_same(plain, fast, torch.randn(2, 4, 6, 6))
+    fast.zero_grad()
+    fast(torch.randn(2, 4, 6, 6)).sum().backward()
+    torch.testing.assert_close(fast.filter_v.weight.grad, fast.filter_g.weight.grad)
+
+
+def test_constant_maps_give_zero_output_and_finite_gradients():
+    """A zero input makes both branches constant (variance 0): output 0, no NaN anywhere."""
+    unit = MinUnit(3)
+    x = torch.zeros(2, 3, 5, 5, requires_grad=True)
+    out = unit(x)
+    out.sum().backward()
+    assert torch.count_nonzero(out) == 0
+    assert torch.isfinite(x.grad).all() and torch.isfinite(unit.filter_v.weight.grad).all()
+
+
+def test_state_dict_layout_is_the_published_one():
+    """Checkpoints of the plain block load into the fast one and back (documented keys, shapes)."""
+    plain, fast = PlainMinBlock(30, 12, 1, True), MinBlock(30, 12, 1, projection=True)
+    expected = {key: tuple(value.shape) for key, value in plain.state_dict().items()}
+    assert {key: tuple(value.shape) for key, value in fast.state_dict().items()} == expected
+    assert tuple(fast.min_unit.filter_v.weight.shape) == (24, 1, 3, 3)
+    assert tuple(fast.min_unit.filter_g.weight.shape) == (24, 1, 3, 3)
+    for key in expected:  # every module path is documented
+        assert key.rsplit(".", 1)[0] in MinBlock.__doc__, key
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_block_keeps_the_input_memory_format(channels_last):
+    block = MinBlock(4, 8, 2)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=memory_format)
+    assert block(x).is_contiguous(memory_format=memory_format)
+
+
+def test_inference_mode_gives_the_eval_output():
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinBlock(8, 16, 2), MinBlock(8, 16, 2))
+    plain.eval(), fast.eval()
+    x = torch.randn(2, 8, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), **TOL)

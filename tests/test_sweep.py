@@ -1,0 +1,416 @@
+"""minnets sweep: grids, locks, and real tiny sweeps that are killed, restarted and run twice at once.
+
+The sweeps train resnet_n3 on shapes10 for one epoch on 32 images (the 2,000 test images are
+evaluated once per run), so a run takes a few seconds of CPU plus the interpreter start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from minnets.cli import main
+from minnets.errors import MinnetsError
+from minnets.sweep import Job, JobLock, SlurmOptions, load_grid, make_jobs, parse_gpus, run_sweep
+from minnets.sweep.locks import Holder, _start_time
+from minnets.sweep.pool import LOG_MARK, Settings, local_slots, lock_path, stages_needed
+from minnets.sweep.run import describe
+
+TINY = {"dataset": "shapes10", "epochs": 1, "subset": 32, "batch_size": 32}
+NAMES = [f"resnet_n3-s{seed}" for seed in (1, 2, 3, 4)]
+
+
+def write_grid(tmp_path: Path, data: object, name: str = "grid.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def tiny_grid(tmp_path: Path, seeds: tuple[int, ...] = (1, 2, 3, 4), **extra: object) -> Path:
+    return write_grid(tmp_path, {"models": ["resnet_n3"], "seeds": list(seeds), "overrides": {**TINY, **extra}})
+
+
+# --- grids -------------------------------------------------------------------------------------------
+
+
+def test_named_grids_hold_the_papers_runs_in_rounds_of_seeds() -> None:
+    resnet, densenet, paper = load_grid("paper-resnet"), load_grid("paper-densenet"), load_grid("paper")
+    assert (len(resnet), len(densenet), len(paper)) == (40, 18, 58)
+    assert len({job.name for job in paper}) == 58
+    assert {job.seed for job in resnet} == {9, 16, 507, 723, 744}
+    assert {job.seed for job in densenet} == {9, 507, 723}
+    assert all(job.overrides == {} for job in paper)
+    # Round 1 trains every model once (seed 9), shallow before deep, ResNets before DenseNets.
+    first = paper[:14]
+    assert {job.seed for job in first} == {9} and len({job.model for job in first}) == 14
+    assert [job.model for job in first[:3]] == ["resnet_n3", "min_resnet_n3", "resnet_n5"]
+    assert first[-1].model == "min_densenet_l100"
+    assert paper[0].name == "resnet_n3-s9"
+
+
+def test_json_grid_with_patterns_default_seeds_and_overrides(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path, {"models": ["min_resnet_n[35]", "densenet_l22"],
+                                 "overrides": {"dataset": "shapes10", "epochs": 2, "lr": 0.05, "subset": None,
+                                               "channels_last": True, "memory_efficient": False, "device": "cpu"}})
+    jobs = load_grid(grid)
+    assert [job.name for job in jobs[:3]] == ["min_resnet_n3-s9", "min_resnet_n5-s9", "densenet_l22-s9"]
+    assert sorted(job.seed for job in jobs if job.model == "densenet_l22") == [9, 507, 723]
+    assert sorted(job.seed for job in jobs if job.model == "min_resnet_n5") == [9, 16, 507, 723, 744]
+    assert jobs[0].train_args() == ["--model", "min_resnet_n3", "--seed", "9", "--dataset", "shapes10",
+                                    "--epochs", "2", "--lr", "0.05", "--channels-last"]
+    quick = load_grid(write_grid(tmp_path, {"models": ["resnet_n3"], "overrides": {"recipe": "quick"}}, "q.json"))
+    assert [job.seed for job in quick] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"models": ["resnet_n3"], "epochs": 3}, "unknown key"),
+    ({"models": ["resnet_n33"]}, "unknown model"),
+    ({"models": ["nothing_*"]}, "matches no model"),
+    ({"models": []}, "non-empty list"),
+    ({"models": ["resnet_n3"], "seeds": [1, "2"]}, "list of integers"),
+    ({"models": ["resnet_n3"], "overrides": {"epoch": 3}}, "unknown override 'epoch'"),
+    ({"models": ["resnet_n3"], "overrides": {"seed": 3}}, "grid sets it"),
+    ({"models": ["resnet_n3"], "overrides": {"epochs": "3"}}, "must be an integer or null"),
+    ({"models": ["resnet_n3"], "overrides": {"compile": 1}}, "must be true or false"),
+    ({"models": ["resnet_n3"], "overrides": {"recipe": "fast"}}, "unknown recipe"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_grid_files_are_one_line_errors(tmp_path: Path, data: object, message: str) -> None:
+    with pytest.raises(MinnetsError, match=message) as error:
+        load_grid(write_grid(tmp_path, data))
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_grid_name_and_broken_json(tmp_path: Path) -> None:
+    with pytest.raises(MinnetsError, match="unknown grid 'paper-vgg'.*paper-resnet"):
+        load_grid("paper-vgg")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{models: ")
+    with pytest.raises(MinnetsError, match="not valid JSON"):
+        load_grid(broken)
+
+
+def test_dry_run_prints_one_line_per_run_with_its_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    (root / NAMES[0]).mkdir(parents=True)
+    (root / NAMES[0] / "config.json").write_text("{}")
+    (root / NAMES[0] / "summary.json").write_text("{}")
+    (root / NAMES[1]).mkdir()
+    (root / NAMES[1] / "config.json").write_text("{}")
+    lock = JobLock(lock_path(root.resolve(), NAMES[1]))
+    assert lock.try_acquire()
+    assert main(["sweep", str(tiny_grid(tmp_path)), "--out", str(root), "--dry-run"]) == 0
+    lock.release()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert [line.split()[:4] for line in lines] == [
+        [str(root.resolve() / name), "resnet_n3", str(seed), status]
+        for name, seed, status in zip(NAMES, (1, 2, 3, 4), ("done", "partial", "pending", "pending"))
+    ]
+    assert f"running on {socket.gethostname()} pid {os.getpid()}" in lines[1]
+    assert not (root / NAMES[2]).exists()  # a dry run creates nothing
+
+
+# --- what is left of a job, where it runs ---------------------------------------------------------------
+
+
+def test_stages_needed_follow_summary_and_jpeg_csv(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    assert stages_needed(run, evaluate=True) == ["train", "jpeg"]
+    assert stages_needed(run, evaluate=False) == ["train"]
+    (run / "summary.json").write_text("{}")
+    assert stages_needed(run, evaluate=False) == []
+    assert stages_needed(run, evaluate=True) == ["jpeg"]
+    header = "quality,mode,test_err,pocp,n_images,codec\n"
+    rows = [f"{q},paper,10.0,{0.0 if q == 100 else 1.0},2000,opencv" for q in range(100, 0, -10)]
+    (run / "jpeg.csv").write_text(header + "\n".join(rows[:-1]) + "\n")  # quality 10 missing
+    assert stages_needed(run, evaluate=True) == ["jpeg"]
+    (run / "jpeg.csv").write_text(header + "\n".join(r.replace("paper", "pillow") for r in rows) + "\n")
+    assert stages_needed(run, evaluate=True) == ["jpeg"]
+    (run / "jpeg.csv").write_text(header + "\n".join(rows) + "\n")
+    assert stages_needed(run, evaluate=True) == []
+
+
+def test_workers_take_gpus_round_robin_or_share_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("minnets.sweep.pool.cpu_count", lambda: 16)
+    slots = local_slots(4, ["0", "1"])
+    assert [slot.env["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0", "1", "0", "1"]
+    assert [slot.label for slot in slots] == ["gpu 0", "gpu 1", "gpu 0", "gpu 1"]
+    assert all(slot.device is None and slot.env["OMP_NUM_THREADS"] == "4" for slot in slots)
+    cpu = local_slots(3, [])
+    assert all(s.device == "cpu" and s.env["CUDA_VISIBLE_DEVICES"] == "" and s.env["OMP_NUM_THREADS"] == "5"
+               for s in cpu)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert "OMP_NUM_THREADS" not in local_slots(2, [])[0].env
+    assert parse_gpus("0, 1") == ["0", "1"] and parse_gpus("none") == [] and parse_gpus(None) is None
+    with pytest.raises(MinnetsError, match="--gpus"):
+        parse_gpus("0,,1")
+
+
+# --- locks -------------------------------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def plant_lock(path: Path, host: str, pid: int, start: str | None = None, age: float = 0.0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host, "pid": pid, "start": start, "token": "planted", "acquired": "then"}))
+    if age:
+        stamp = time.time() - age
+        os.utime(path, (stamp, stamp))
+
+
+def test_lock_excludes_until_released_and_never_removes_anothers(tmp_path: Path) -> None:
+    path = tmp_path / ".locks" / "job.lock"
+    first, second = JobLock(path), JobLock(path)
+    assert first.try_acquire() and first.held
+    assert not second.try_acquire()
+    assert second.blocked_by is not None and second.blocked_by.pid == os.getpid()
+    assert first.refresh()
+    first.release()
+    assert not path.exists()
+    assert second.try_acquire()
+    first.release()  # no longer first's: must not remove second's lock
+    assert path.exists() and second.refresh()
+    second.release()
+
+
+@pytest.mark.parametrize("case", ["dead pid", "reused pid", "old foreign heartbeat"])
+def test_stale_locks_are_taken_over(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "job.lock"
+    if case == "dead pid":
+        plant_lock(path, socket.gethostname(), dead_pid())
+    elif case == "reused pid":  # our pid, but the holder was another process that had it before
+        plant_lock(path, socket.gethostname(), os.getpid(), start="1")
+        if _start_time(os.getpid()) is None:
+            pytest.skip("no /proc/PID/stat: process start times are unknown here")
+    else:
+        plant_lock(path, "another-host", 1, age=120)
+    lock = JobLock(path, stale_seconds=60)
+    assert lock.try_acquire()
+    assert json.loads(path.read_text())["token"] != "planted"
+    lock.release()
+
+
+def test_live_locks_are_respected(tmp_path: Path) -> None:
+    path = tmp_path / "job.lock"
+    plant_lock(path, "another-host", 1, age=30)  # heartbeat fresher than the timeout
+    lock = JobLock(path, stale_seconds=60)
+    assert not lock.try_acquire()
+    assert lock.blocked_by == Holder("another-host", 1, None, "planted", "then")
+    assert lock.holder() is not None
+    assert not lock.refresh()
+    lock.release()
+    assert path.exists()
+
+
+RACER = """
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("racer_locks", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["racer_locks"] = module
+spec.loader.exec_module(module)
+lock = module.JobLock(sys.argv[2])
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+print("won" if lock.try_acquire() else "lost", flush=True)
+while not os.path.exists(sys.argv[4]):  # hold it until every racer has tried
+    time.sleep(0.05)
+"""
+
+
+def test_racing_for_a_stale_lock_exactly_one_wins(tmp_path: Path) -> None:
+    from minnets.sweep import locks
+
+    path = tmp_path / "job.lock"
+    plant_lock(path, socket.gethostname(), dead_pid())
+    start, done = time.time() + 1.0, tmp_path / "all-tried"
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, locks.__file__, str(path), str(start), str(done)],
+                               stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    outcomes = sorted(racer.stdout.readline().strip() for racer in racers)
+    done.touch()
+    for racer in racers:
+        racer.communicate(timeout=60)
+    assert outcomes == ["lost"] * 5 + ["won"]
+
+
+# --- real sweeps -------------------------------------------------------------------------------------------
+
+
+def train_starts(run_dir: Path) -> int:
+    log = run_dir / "train.log"
+    return sum(line.startswith(f"{LOG_MARK} train") for line in log.read_text().splitlines()) if log.exists() else 0
+
+
+def done_runs(root: Path) -> set[str]:
+    return {name for name in NAMES if (root / name / "summary.json").exists()}
+
+
+def partial_runs(root: Path) -> set[str]:
+    return {name for name in NAMES if (root / name / "config.json").exists()} - done_runs(root)
+
+
+def start_sweep(grid: Path, root: Path, output: Path, workers: int = 2) -> subprocess.Popen[bytes]:
+    with open(output, "ab") as handle:
+        return subprocess.Popen([sys.executable, "-m", "minnets", "sweep", str(grid), "--out", str(root),
+                                 "--workers", str(workers), "--gpus", "none", "--no-report"],
+                                stdout=handle, stderr=subprocess.STDOUT)
+
+
+def wait_until(condition, process: subprocess.Popen[bytes], output: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the sweep ended early:\n{output.read_text()}"
+        assert time.monotonic() < deadline, f"timed out:\n{output.read_text()}"
+        time.sleep(0.1)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def assert_no_runs_left(root: Path) -> None:
+    if not Path("/proc/self/cmdline").exists():
+        return
+    deadline = time.monotonic() + 15
+    while processes_mentioning(str(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_mentioning(str(root)) == [], "training processes outlived their sweep"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="orphan runs die with the sweep on Linux only")
+def test_sweep_killed_by_sigterm_then_sigkill_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
+    grid, root = tiny_grid(tmp_path), tmp_path / "root"
+
+    # 1. SIGTERM once a run is finished and another is underway.
+    out1 = tmp_path / "sweep1.out"
+    sweep = start_sweep(grid, root, out1)
+    wait_until(lambda: done_runs(root) and partial_runs(root), sweep, out1)
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=60) != 0
+    assert "run the same command again to resume" in out1.read_text()
+    assert not list((root / ".locks").glob("*.lock")), "SIGTERM must release the locks"
+    assert_no_runs_left(root)
+    finished = done_runs(root)
+    assert finished and finished != set(NAMES)
+    stamps = {name: [(root / name / f).stat() for f in ("summary.json", "model.safetensors")] for name in finished}
+
+    # 2. SIGKILL once the restarted sweep has started training: its runs die, its locks stay behind.
+    out2 = tmp_path / "sweep2.out"
+    starts = sum(train_starts(root / name) for name in NAMES)
+    sweep = start_sweep(grid, root, out2)
+    wait_until(lambda: sum(train_starts(root / name) for name in NAMES) > starts and done_runs(root) != set(NAMES),
+               sweep, out2)
+    sweep.kill()
+    sweep.wait(timeout=60)
+    assert_no_runs_left(root)
+    assert list((root / ".locks").glob("*.lock")), "a killed sweep leaves its locks"
+
+    # 3. The same command again: stale locks recovered, the rest finished, finished runs untouched.
+    out3 = tmp_path / "sweep3.out"
+    sweep = start_sweep(grid, root, out3)
+    assert sweep.wait(timeout=600) == 0, out3.read_text()
+    assert done_runs(root) == set(NAMES)
+    assert "running elsewhere" not in out3.read_text()
+    for name in finished:
+        assert train_starts(root / name) == 1
+        after = [(root / name / f).stat() for f in ("summary.json", "model.safetensors")]
+        assert [(s.st_ino, s.st_mtime_ns) for s in after] == [(s.st_ino, s.st_mtime_ns) for s in stamps[name]]
+    assert "[4/4 done]" in out3.read_text()
+
+
+def test_two_sweeps_on_one_root_run_each_job_once(tmp_path: Path) -> None:
+    # One worker each, two jobs: each sweep trains one job and waits for the other's.
+    grid, root = tiny_grid(tmp_path, seeds=(1, 2)), tmp_path / "root"
+    outputs = [tmp_path / "a.out", tmp_path / "b.out"]
+    sweeps = [start_sweep(grid, root, output, workers=1) for output in outputs]
+    for sweep, output in zip(sweeps, outputs):
+        assert sweep.wait(timeout=600) == 0, output.read_text()
+    assert done_runs(root) == set(NAMES[:2])
+    assert [train_starts(root / name) for name in NAMES[:2]] == [1, 1]
+    texts = [output.read_text() for output in outputs]
+    assert "running elsewhere" in "".join(texts)
+    assert all("sweep finished: 2/2 runs done" in text for text in texts)
+    # A third sweep finds nothing to do.
+    again = run_sweep(grid, root, workers=2, gpus=[], evaluate=False, echo=lambda line: None)
+    assert [r.detail for r in again.results] == ["finished already"] * 2
+    assert [train_starts(root / name) for name in NAMES[:2]] == [1, 1]
+
+
+def test_failing_runs_are_reported_and_runs_held_elsewhere_are_waited_for(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tiny_grid(tmp_path, seeds=(1,), amp="fp16")  # `minnets train` refuses --amp fp16 at once
+    root = tmp_path / "root"
+    assert main(["sweep", str(grid), "--out", str(root), "--gpus", "none", "--no-report"]) == 2
+    captured = capsys.readouterr()
+    assert "FAILED  resnet_n3-s1: train exited with 2" in captured.out
+    assert "invalid choice: 'fp16'" in captured.out
+    assert "1 of 1 runs failed (resnet_n3-s1)" in captured.err
+    assert not list((root / ".locks").glob("*.lock"))
+
+    # Held by a live process on this host: the sweep waits, and takes the job over once it is gone.
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    plant_lock(lock_path(root.resolve(), "resnet_n3-s1"), socket.gethostname(), holder.pid, _start_time(holder.pid))
+    timer = threading.Timer(1.5, holder.kill)
+    timer.start()
+    lines: list[str] = []
+    result = run_sweep(grid, root, gpus=[], evaluate=False, echo=lines.append, settings=Settings(recheck_seconds=0.2))
+    timer.join()
+    holder.wait()
+    assert f"running elsewhere ({socket.gethostname()} pid {holder.pid}" in "\n".join(lines)
+    assert [r.status for r in result.results] == ["failed"]
+    assert train_starts(root / "resnet_n3-s1") == 2
+
+
+def test_slurm_backend_without_submitit_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(MinnetsError, match=r"pip install 'minnets\[slurm\]'"):
+        run_sweep(tiny_grid(tmp_path), tmp_path / "root", backend="slurm", evaluate=False)
+
+
+def test_slurm_backend_runs_a_job_array(tmp_path: Path) -> None:
+    pytest.importorskip("submitit", reason="submitit (the optional extra 'slurm') is not installed")
+    jobs = make_jobs(["resnet_n3"], [1, 2], TINY)
+    lines: list[str] = []
+    result = run_sweep(jobs, tmp_path / "root", backend="slurm", evaluate=False, echo=lines.append,
+                       slurm=SlurmOptions(cluster="local", gpus_per_task=0, cpus_per_task=1, time_min=30),
+                       settings=Settings(recheck_seconds=0.5))
+    assert [r.status for r in result.results] == ["done", "done"], "\n".join(lines)
+    for job in jobs:
+        assert (tmp_path / "root" / job.name / "summary.json").exists()
+        assert train_starts(tmp_path / "root" / job.name) == 1
+    assert any("job array" in line for line in lines)
+    # Again: nothing is submitted, both are done.
+    again = run_sweep(jobs, tmp_path / "root", backend="slurm", evaluate=False, echo=lines.append,
+                      slurm=SlurmOptions(cluster="local"))
+    assert [r.detail for r in again.results] == ["finished already"] * 2
+
+
+def test_slurm_backend_needs_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("submitit", reason="submitit (the optional extra 'slurm') is not installed")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(MinnetsError, match="sbatch"):
+        run_sweep([Job("resnet_n3", 1, TINY)], tmp_path / "root", backend="slurm", evaluate=False)

@@ -1,0 +1,172 @@
+"""Training: recipes (SPEC section 7), run directories, resume, divergence, DDP, real CIFAR-10."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from minnets import MinnetsError
+from minnets.cli import main
+from minnets.training import RECIPES, TrainOptions, load_run_model, read_metrics, run_status, train
+from minnets.training.recipes import lr_at_epoch
+
+TINY = dict(model="resnet_n3", dataset="shapes10", subset=128, batch_size=64, quiet=True, device="cpu")
+
+
+def tiny(**overrides) -> TrainOptions:
+    return TrainOptions(**{**TINY, "epochs": 2, **overrides})
+
+
+def cli_args(options: TrainOptions, out: Path) -> list[str]:
+    args = ["train", "--model", options.model, "--dataset", options.dataset, "--subset", str(options.subset),
+            "--batch-size", str(options.batch_size), "--epochs", str(options.epochs), "--seed", str(options.seed),
+            "--device", "cpu", "--quiet", "--out", str(out)]
+    return args + (["--float64"] if options.float64 else [])
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_paper_recipes_match_spec():
+    resnet, densenet = RECIPES["paper-resnet"], RECIPES["paper-densenet"]
+    assert (resnet.epochs, resnet.batch_size, resnet.lr, resnet.momentum, resnet.nesterov) == (200, 128, 0.1, 0.9, False)
+    assert (densenet.epochs, densenet.batch_size, densenet.lr, densenet.nesterov) == (300, 64, 0.1, True)
+    assert resnet.weight_decay == densenet.weight_decay == 1e-4
+    assert resnet.seeds == (9, 16, 507, 723, 744) and densenet.seeds == (9, 507, 723)
+    assert resnet.milestones(200) == [100, 150] and densenet.milestones(300) == [150, 225]
+    lrs = [lr_at_epoch(0.1, [100, 150], 0.1, epoch) for epoch in range(200)]
+    assert lrs[0] == lrs[99] == 0.1
+    assert math.isclose(lrs[100], 0.01) and math.isclose(lrs[149], 0.01)
+    assert math.isclose(lrs[150], 0.001) and math.isclose(lrs[199], 0.001)
+    assert RECIPES["paper-resnet"].milestones(20) == [10, 15]  # a shortened run keeps the shape
+
+
+def test_run_directory_holds_every_file(tmp_path):
+    run = tmp_path / "run"
+    summary = train(tiny(), run)
+    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.csv", "checkpoint.pt", "model.safetensors",
+                                                "summary.json"}
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "resnet_n3" and config["recipe"] == "paper-resnet" and config["epochs"] == 2
+    assert config["milestones"] == [1, 2] and config["lr"] == 0.1 and config["subset"] == 128
+    assert {"torch", "numpy", "opencv", "device", "git_revision"} <= set(config["versions"])
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,lr,train_loss,train_err,test_loss,test_err,seconds"
+    rows = read_metrics(run)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[0]["lr"] == 0.1 and math.isclose(rows[1]["lr"], 0.01)
+    assert all(0 <= row["test_err"] <= 100 and row["test_loss"] > 0 for row in rows)
+    assert set(summary) == {"model", "dataset", "family", "depth", "min_net", "num_params", "seed", "final_test_err",
+                            "min_test_err", "argmin_epoch", "epochs", "wall_seconds"}
+    assert summary["num_params"] == 270_298 and summary["final_test_err"] == rows[-1]["test_err"]
+    assert summary["min_test_err"] == min(row["test_err"] for row in rows)
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert run_status(run) == "done"
+
+    model, loaded_config = load_run_model(run)
+    assert loaded_config["model"] == "resnet_n3" and not model.training
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_finished_run_is_not_trained_again_and_other_configs_are_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(epochs=1), run)
+    stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(cli_args(tiny(epochs=1), run)) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == stamps
+    capsys.readouterr()
+    assert main(cli_args(tiny(epochs=1, seed=3), run)) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "seed: 0 there, 3 here" in error and "--out" in error
+
+
+def test_run_killed_after_an_epoch_resumes_to_the_same_metrics(tmp_path):
+    options = tiny(epochs=3)
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "minnets", *cli_args(options, reference)], check=True, env=subprocess_env())
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "minnets", *cli_args(options, run)], env=subprocess_env())
+    deadline = time.monotonic() + 300
+    while len(read_metrics(run)) < 1 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 1 <= len(read_metrics(run)) < 3 and run_status(run) == "partial"
+    subprocess.run([sys.executable, "-m", "minnets", *cli_args(options, run)], check=True, env=subprocess_env())
+
+    ours, theirs = read_metrics(run), read_metrics(reference)
+    assert len(ours) == len(theirs) == 3
+    for mine, expected in zip(ours, theirs):
+        for key in ("lr", "train_loss", "train_err", "test_loss", "test_err"):
+            assert mine[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny(epochs=1), run)  # a good epoch 1 ...
+    good = (run / "checkpoint.pt").read_bytes()
+    (run / "summary.json").unlink()  # ... then pretend the run was meant to go on with a huge lr
+    config = json.loads((run / "config.json").read_text())
+    config.update(epochs=3, lr=1e6, milestones=[2, 2])
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MinnetsError, match=r"diverged in epoch 2 .* keeps the checkpoint of epoch 1"):
+        train(tiny(epochs=3, lr=1e6), run)
+    assert (run / "checkpoint.pt").read_bytes() == good
+    assert len(read_metrics(run)) == 1
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    for args, expected in (
+        (["--model", "resnet_n4"], "unknown model 'resnet_n4'; did you mean"),
+        (["--model", "resnet_n3", "--subset", "0"], "--subset must be between 1 and"),
+        (["--model", "resnet_n3", "--epochs", "0"], "--epochs must be at least 1"),
+    ):
+        assert main(["train", "--dataset", "shapes10", "--out", str(tmp_path / "x"), *args]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("minnets: error: ") and expected in error and error.count("\n") == 1
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_evaluate_prints_error_loss_and_per_class_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    summary = train(tiny(epochs=1), run)
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"test error {summary['final_test_err']:.2f}%" in out
+    assert "corner" in out or len(out.splitlines()) >= 12  # one line per class
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """Same global batch, SyncBatchNorm across ranks: the metrics of one process, to 1e-4.
+
+    float64 keeps float32 summation-order noise (which training amplifies) out of the comparison.
+    """
+    options = tiny(epochs=2, float64=True)
+    single, double = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "minnets", *cli_args(options, single)], check=True, env=subprocess_env())
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+    subprocess.run([*torchrun, "-m", "minnets", *cli_args(options, double)], check=True, env=subprocess_env())
+    assert json.loads((double / "config.json").read_text())["world_size"] == 2
+    for one, two in zip(read_metrics(single), read_metrics(double), strict=True):
+        for key in ("train_loss", "train_err", "test_loss", "test_err"):
+            assert two[key] == pytest.approx(one[key], abs=1e-4), key
+
+
+def test_real_cifar10_a_few_hundred_steps_learn(tmp_path, cifar_root):
+    options = TrainOptions(model="resnet_n3", dataset="cifar10", data=str(cifar_root), subset=10_000, epochs=3,
+                           batch_size=100, quiet=True, device="cpu")
+    summary = train(options, tmp_path / "cifar")  # 300 steps, evaluated on all 10,000 test images
+    assert summary["final_test_err"] < 65.0, summary
