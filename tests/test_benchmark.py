@@ -82,6 +82,7 @@ def test_data_check_reports_epoch_against_compute(capsys):
     assert row["model"] == "min_resnet_n3" and row["steps"] == 2
     assert row["epoch_s"] > 0 and row["compute_s"] > 0 and row["loader_s"] > 0
     assert row["ratio"] == pytest.approx(row["epoch_s"] / row["compute_s"])
+    assert row["loader_share"] == pytest.approx(row["loader_s"] / row["compute_s"])
     assert format_table([row]).splitlines()[1].startswith("min_resnet_n3")
 
 

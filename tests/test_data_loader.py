@@ -25,11 +25,11 @@ def make(images: torch.Tensor, batch_size: int = 16, **kw) -> BatchLoader:
     return BatchLoader(images, torch.arange(len(images)), batch_size, **kw)
 
 
-def normalised(images_nhwc: torch.Tensor) -> torch.Tensor:
-    """The reference: torchvision's ToTensor then Normalize, written out."""
+def normalised(images_nhwc: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The reference: torchvision's ToTensor then Normalize, written out in float64."""
     x = images_nhwc.permute(0, 3, 1, 2).double() / 255
     return ((x - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1))
-            / torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)).float()
+            / torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)).to(dtype)
 
 
 def reference_flip_crop(image: np.ndarray, flip: bool, dy: int, dx: int) -> np.ndarray:
@@ -180,6 +180,8 @@ def test_layout_and_dtype(images: torch.Tensor) -> None:
     x_bf16, _, _ = next(make(images, dtype=torch.bfloat16).epoch(0))
     assert x_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(x_bf16.float(), x_plain, rtol=1e-2, atol=1e-2)
+    x_f64, _, _ = next(make(images, dtype=torch.float64, train=False).epoch(0))
+    torch.testing.assert_close(x_f64, normalised(images[:16], torch.float64), rtol=1e-14, atol=1e-14)
 
 
 # --- DDP sharding --------------------------------------------------------------------------------

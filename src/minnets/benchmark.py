@@ -20,8 +20,9 @@ What is measured, per model:
   untimed step. Neither counts the caching allocator's reserve or Python objects;
 - *FLOPs* counted by :class:`torch.utils.flop_counter.FlopCounterMode` (a multiply-add is two
   FLOPs; convolutions, depthwise ones included, and matrix products are counted; norms,
-  activations, the minimum and additions are not). ``flops_per_img`` is the forward pass,
-  ``train_flops_per_img`` forward plus backward; achieved GFLOP/s divides them by the times.
+  activations, the minimum and additions are not). ``flops_per_img`` is the forward pass in
+  evaluation mode, ``train_flops_per_img`` forward plus backward of a training step; achieved
+  GFLOP/s divides them by the times.
 
 :func:`data_check` answers another question: does feeding the model from
 :class:`minnets.data.BatchLoader` (flip, crop and normalisation on the device) slow training
@@ -91,9 +92,10 @@ def tune_cpu_allocator() -> bool:
     glibc hands every allocation above 32 MiB a fresh ``mmap`` and unmaps it on free, so a
     tensor that size pays page faults and kernel zeroing each time it is created: a
     (128, 64, 32, 32) float32 tensor, 32 MiB plus PyTorch's alignment and the size of the
-    widest Min-block maps at batch 128, was measured 14 times slower to create than one a
-    quarter its size. Raising the mmap and trim thresholds to 1 GiB serves such tensors from
-    the heap, like the jemalloc or tcmalloc preload PyTorch's CPU tuning guide recommends.
+    widest Min-block maps at batch 128, took 60 ms to create with ``torch.zeros`` instead of
+    4 ms once tuned (one thread, the 2-core test machine). Raising the mmap and trim
+    thresholds to 1 GiB serves such tensors from the heap, like the jemalloc or tcmalloc
+    preload PyTorch's CPU tuning guide recommends.
     Process-wide and permanent; the process keeps its peak heap instead of returning it.
     Returns whether it took effect (False off glibc).
     """
@@ -131,8 +133,12 @@ def _train_step(case: _Case, x: torch.Tensor, y: torch.Tensor, autocast: Callabl
 
 
 def _infer_batch(case: _Case, autocast: Callable[[], Any]) -> None:
-    with torch.inference_mode(), autocast():
-        case.runner(case.x)
+    case.model.eval()
+    try:
+        with torch.inference_mode(), autocast():
+            case.runner(case.x)
+    finally:
+        case.model.train()
 
 
 def _timed(device: torch.device, steps: int, step: Callable[[], None]) -> float:
@@ -157,15 +163,39 @@ def _conv_backward_flops(grad_out_shape: Any, x_shape: Any, w_shape: Any, _bias:
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
+def _linear_pointwise_flops(input_shape: Any, weight_shape: Any, *args: Any, out_shape: Any = None,
+                            **kwargs: Any) -> int:
+    """oneDNN's fused matmul (the Min-block's folded 1x1 conv): ``rows x d_in`` times ``d_in x d_out``."""
+    rows = 1
+    for size in input_shape[:-1]:
+        rows *= size
+    return 2 * rows * input_shape[-1] * weight_shape[0]
+
+
+def _flop_formulas() -> dict[Any, Callable[..., int]]:
+    formulas: dict[Any, Callable[..., int]] = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        formulas[torch.ops.mkldnn._linear_pointwise] = _linear_pointwise_flops
+    return formulas
+
+
 def count_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
-    """FLOPs of one forward pass and of forward plus backward on the batch ``x``."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one forward pass on the batch ``x``, and of a training step's forward and backward.
+
+    The forward pass is counted in evaluation mode, where every implementation of a layer runs
+    the same convolutions, so that models compare by their mathematics; the training step counts
+    what runs in training mode. The model's mode is restored; BatchNorm statistics see one batch.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as counter:
         model(x)
     forward = counter.get_total_flops()
-    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+    model.train()
+    with FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as counter:
         F.cross_entropy(model(x), y).backward()
     model.zero_grad(set_to_none=True)
+    model.train(was_training)
     return forward, counter.get_total_flops()
 
 
@@ -176,7 +206,7 @@ def _state_bytes(case: _Case) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _profiled_peak_bytes(device: torch.device, step: Callable[[], None]) -> int:
+def _profiled_peak_bytes(step: Callable[[], None]) -> int:
     """Highest net allocation during ``step``, from the profiler's record of every (de)allocation."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -204,7 +234,7 @@ def _peak_step_bytes(case: _Case, device: torch.device, autocast: Callable[[], A
         step()
         _synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    return _profiled_peak_bytes(device, step)
+    return _profiled_peak_bytes(step)
 
 
 def _validate(models: Sequence[str], batch_size: int, steps: int, rounds: int, warmup: int, amp: str | None) -> None:
@@ -325,6 +355,7 @@ _DATA_CHECK_COLUMNS = (
     ("compute s", "compute_s", "{:.2f}"),
     ("loader alone s", "loader_s", "{:.3f}"),
     ("epoch / compute", "ratio", "{:.3f}"),
+    ("loader / compute", "loader_share", "{:.4f}"),
 )
 
 
@@ -362,7 +393,9 @@ def data_check(
     synthetic CIFAR-sized uint8 images (the loader's work does not depend on the pixels);
     *compute* is the same number of steps on one batch already on the device. Both are timed
     in turn, ``rounds`` times; ``ratio`` is the median over rounds of epoch / compute (1.0
-    means the data path is free), and ``loader_s`` times the loader alone.
+    means the data path is free), ``loader_s`` times the loader alone, and ``loader_share``
+    = loader / compute is what the data path costs, free of the noise between the two
+    timings (on a shared machine the ratio's own noise can exceed it).
     """
     from minnets.data import BatchLoader
     from minnets.data.cifar import CIFAR10
@@ -414,6 +447,7 @@ def data_check(
         "compute_s": statistics.median(compute_s),
         "loader_s": statistics.median(loader_s),
         "ratio": statistics.median(e / c for e, c in zip(epoch_s, compute_s)),
+        "loader_share": statistics.median(loader_s) / statistics.median(compute_s),
         "device": str(dev),
         "channels_last": channels_last,
         "amp": amp,

@@ -30,7 +30,7 @@ import PIL.features
 from PIL import Image
 
 from minnets.errors import MinnetsError
-from minnets.training.rundir import atomic_write
+from minnets.files import atomic_write
 
 MODES = ("paper", "correct", "pillow")
 

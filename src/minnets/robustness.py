@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from minnets.data import load_dataset
+from minnets.data import BatchLoader, load_dataset
 from minnets.errors import MinnetsError
 from minnets.jpeg import MODES, JpegCache, check_images, check_mode, check_quality, codec_version, compress
 from minnets.training import load_run_model
 from minnets.training.distributed import pick_device
-from minnets.training.rundir import atomic_write
+from minnets.files import atomic_write
 
 QUALITIES = (90, 80, 70, 60, 50, 40, 30, 20, 10)
 JPEG_CSV = "jpeg.csv"
@@ -34,22 +34,21 @@ COLUMNS = ("quality", "mode", "test_err", "pocp", "n_images", "codec")
 
 def predict(model: nn.Module, images: np.ndarray, mean: Sequence[float], std: Sequence[float],
             device: str | torch.device = "cpu", batch_size: int = 500) -> np.ndarray:
-    """Argmax class of every uint8 image, normalised as in training ((x/255 - mean) / std)."""
+    """Argmax class of every uint8 image, normalised by the very loader training evaluates with.
+
+    Sharing :class:`BatchLoader`'s arithmetic makes the uncompressed row of ``jpeg.csv`` equal
+    the run's final test error, prediction for prediction.
+    """
     check_images(images)
     if batch_size < 1:
         raise MinnetsError(f"batch_size must be at least 1, got {batch_size}")
-    device = torch.device(device)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    loader = BatchLoader(images, np.zeros(len(images), dtype=np.int64), batch_size, train=False, seed=0,
+                         mean=mean, std=std, device=device, dtype=next(model.parameters()).dtype)
     was_training = model.training
     model.eval()
-    preds = []
     try:
         with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                batch = torch.from_numpy(images[start:start + batch_size]).to(device)
-                x = (batch.permute(0, 3, 1, 2).float() / 255 - mean_t) / std_t
-                preds.append(model(x).argmax(dim=1).cpu())
+            preds = [model(x).argmax(dim=1).cpu() for x, _, _ in loader.epoch(0)]
     finally:
         model.train(was_training)
     return torch.cat(preds).numpy() if preds else np.empty(0, dtype=np.int64)

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "minnets.cli.report",
     "minnets.cli.jpeg",
     "minnets.cli.sweep",
+    "minnets.cli.demo",
 )
 
 

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from minnets.errors import MinnetsError
-from minnets.sweep import REPRODUCE_GRIDS, SlurmOptions, describe, load_grid, parse_gpus, run_sweep
-from minnets.sweep.pool import Settings
+from minnets.sweep import REPRODUCE_GRIDS, Settings, SlurmOptions, describe, load_grid, parse_gpus, run_sweep
+from minnets.sweep.locks import HEARTBEAT_SECONDS
 
 _GRID_HELP = (
     "paper-resnet (40 runs), paper-densenet (18), paper (58), or a JSON file "
@@ -76,6 +76,9 @@ def _sweep(args: argparse.Namespace, grid: str, evaluate: bool) -> int:
         return 0
     if args.workers is not None and args.workers < 1:
         raise MinnetsError(f"--workers must be at least 1, got {args.workers}")
+    if args.stale_minutes < 1:
+        raise MinnetsError(f"--stale-minutes must be at least 1 (holders refresh every "
+                           f"{HEARTBEAT_SECONDS:.0f} s), got {args.stale_minutes}")
     slurm = SlurmOptions(partition=args.slurm_partition, time_min=args.slurm_time_min,
                          gpus_per_task=args.slurm_gpus_per_task, cpus_per_task=args.slurm_cpus_per_task,
                          mem_gb=args.slurm_mem_gb, extra=dict(args.slurm_option))

@@ -20,6 +20,7 @@ def run_train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         model=args.model, dataset=args.dataset, data=args.data, download=args.download, recipe=args.recipe,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, subset=args.subset,
+        test_subset=args.test_subset,
         init=args.init, memory_efficient=args.memory_efficient, amp=args.amp, channels_last=args.channels_last,
         float64=args.float64,
         compile=args.compile, device=args.device, quiet=args.quiet,
@@ -62,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, help="initial learning rate (override the recipe)")
     parser.add_argument("--seed", type=int, default=0, help="model init and batch order (default 0)")
     parser.add_argument("--subset", type=int, metavar="N", help="train on the first N training images")
+    parser.add_argument("--test-subset", type=int, metavar="N",
+                        help="evaluate on the first N test images (quick checks; default and paper: all)")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="published",
                         help="published: as the paper's runs; same: the family's baseline init for every model")
     parser.add_argument("--memory-efficient", action="store_true", help="DenseNet gradient checkpointing")

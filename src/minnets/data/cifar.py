@@ -230,24 +230,28 @@ def download_file(url: str, dest: Path, md5: str) -> None:
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
+        actual = digest.hexdigest()
+        if actual != md5:
+            raise MinnetsError(
+                f"download of {url} has md5 {actual}, expected {md5}; the file was removed: run again, "
+                f"or download it yourself into {dest.parent}"
+            )
+        os.replace(tmp, dest)
+        tmp = None
     except (OSError, http.client.HTTPException) as exc:
-        if tmp is not None:
-            os.unlink(tmp)
         # HTTPError's own text has the status code; a bare URLError's is only "<urlopen error>".
-        plain_url_error = isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)
-        reason = exc.reason if plain_url_error else exc
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()  # it holds the open error response
+            reason: object = exc
+        else:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise MinnetsError(
             f"could not download {url} to {dest.parent} ({reason}): check the network and that "
             f"the directory is writable, or download the file yourself into {dest.parent}"
         ) from None
-    actual = digest.hexdigest()
-    if actual != md5:
-        os.unlink(tmp)
-        raise MinnetsError(
-            f"download of {url} has md5 {actual}, expected {md5}; the file was removed: run again, "
-            f"or download it yourself into {dest.parent}"
-        )
-    os.replace(tmp, dest)
+    finally:
+        if tmp is not None:  # failed or interrupted: leave nothing half-written behind
+            os.unlink(tmp)
 
 
 def extract_folder(archive: Path, folder: str) -> Path:
@@ -262,8 +266,9 @@ def extract_folder(archive: Path, folder: str) -> Path:
             f"upgrade Python, or extract it yourself into {archive.parent}"
         )
     target = archive.parent / folder
-    staging = Path(tempfile.mkdtemp(dir=archive.parent, prefix=f".{folder}."))
+    staging: Path | None = None
     try:
+        staging = Path(tempfile.mkdtemp(dir=archive.parent, prefix=f".{folder}."))
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(staging, filter="data")
         if not (staging / folder).is_dir():
@@ -278,7 +283,8 @@ def extract_folder(archive: Path, folder: str) -> Path:
             "with --download, or point --data at a complete copy"
         ) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

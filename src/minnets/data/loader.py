@@ -56,7 +56,9 @@ def flip_crop(images: torch.Tensor, flip: torch.Tensor, offsets: torch.Tensor, p
     cols = offsets[:, 1:2] + torch.arange(w, device=device)
     cols = torch.where(flip[:, None], wp - 1 - cols, cols)
     base = torch.arange(b, device=device)[:, None] * hp + rows
-    return padded[(base * wp)[:, :, None] + cols[:, None, :]]
+    pixels = (base * wp)[:, :, None] + cols[:, None, :]
+    # index_select copies whole pixel rows; it is several times faster than fancy indexing.
+    return padded.index_select(0, pixels.view(-1)).view(b, h, w, c)
 
 
 class BatchLoader:
@@ -107,11 +109,13 @@ class BatchLoader:
         self.world_size = world_size
         self.channels_last = channels_last
         self.dtype = dtype
-        # ((x / 255) - mean) / std as one multiply-subtract.
+        # ((x / 255) - mean) / std as one multiply-subtract, in float32 or better: half-precision
+        # outputs are rounded once at the end, float64 outputs keep full precision.
+        self._compute_dtype = torch.promote_types(dtype, torch.float32)
         std_t = torch.tensor(std, dtype=torch.float64)
         mean_t = torch.tensor(mean, dtype=torch.float64)
-        self._scale = (1.0 / (255.0 * std_t)).float().view(1, 3, 1, 1).to(self.device)
-        self._shift = (mean_t / std_t).float().view(1, 3, 1, 1).to(self.device)
+        self._scale = (1.0 / (255.0 * std_t)).view(1, 3, 1, 1).to(self.device, self._compute_dtype)
+        self._shift = (mean_t / std_t).view(1, 3, 1, 1).to(self.device, self._compute_dtype)
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -147,8 +151,7 @@ class BatchLoader:
             yield self._normalise(images), self.labels[index], stop - start
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        # Changing layout while still uint8 moves a quarter of the bytes; the arithmetic is
-        # float32 whatever the output dtype, so half-precision outputs are rounded only once.
+        # Changing the layout while still uint8 moves a quarter of the bytes.
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        x = images.permute(0, 3, 1, 2).contiguous(memory_format=memory_format).float()
+        x = images.permute(0, 3, 1, 2).contiguous(memory_format=memory_format).to(self._compute_dtype)
         return x.mul_(self._scale).sub_(self._shift).to(self.dtype)

@@ -24,7 +24,7 @@ channel), a linear background gradient, smooth low-frequency background clutter 
 pixel noise (standard deviation 2-10).
 
 Defaults: 10,000 training and 2,000 test images (classes exactly balanced when the size is a
-multiple of ten), generated in about a second. The same (seed, n_train, n_test) gives identical
+multiple of ten), generated in about 1.5 CPU-seconds. The same (seed, n_train, n_test) gives identical
 arrays on the same numpy and OpenCV versions (PCG64 streams and OpenCV's integer rasteriser
 are deterministic); the test split is drawn from its own stream, so it does not change with
 the training size. ``mean``/``std`` are the exact per-channel statistics of the generated

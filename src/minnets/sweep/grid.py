@@ -101,22 +101,14 @@ def make_jobs(models: list[str], seeds: list[int] | None = None, overrides: dict
     return jobs
 
 
-NAMED_GRIDS = {
-    "paper-resnet": "8 ResNet models x 5 paper seeds (40 jobs)",
-    "paper-densenet": "6 DenseNet-BC models x 3 paper seeds (18 jobs)",
-    "paper": "both paper grids (58 jobs)",
-}
-
-
-def _named_grid(name: str) -> list[Job]:
-    families = {"paper-resnet": ["resnet"], "paper-densenet": ["densenet"], "paper": ["resnet", "densenet"]}[name]
-    return make_jobs([model for family in families for model in paper_models(family)])
+NAMED_GRIDS = {"paper-resnet": ("resnet",), "paper-densenet": ("densenet",), "paper": ("resnet", "densenet")}
+"""Grid name -> the model families it trains, each with its paper recipe and seeds."""
 
 
 def load_grid(spec: str | Path) -> list[Job]:
     """The jobs of a named grid (:data:`NAMED_GRIDS`) or of a JSON grid file."""
     if str(spec) in NAMED_GRIDS:
-        return _named_grid(str(spec))
+        return make_jobs([model for family in NAMED_GRIDS[str(spec)] for model in paper_models(family)])
     path = Path(spec)
     if not path.is_file():
         raise MinnetsError(
@@ -140,9 +132,8 @@ def _parse_grid(data: Any, path: Path) -> list[Job]:
     if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
         raise MinnetsError(f'grid file {path}: "models" must be a non-empty list of model names (see `minnets models`)')
     seeds = data.get("seeds")
-    if seeds is not None and (
-        not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
+    integers = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if seeds is not None and not (integers and seeds):
         raise MinnetsError(f'grid file {path}: "seeds" must be a non-empty list of integers (or left out '
                            "for the recipe's seeds)")
     overrides = data.get("overrides", {})

@@ -35,27 +35,33 @@ STALE_SECONDS = 600.0
 GUARD_STALE_SECONDS = 60.0
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3 onwards of /proc/PID/stat (Linux): state first, start time at index 19."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), to detect reused pids."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None
 
 
 def process_alive(pid: int, start: str | None = None) -> bool:
-    """Whether process ``pid`` of this host is running and, if ``start`` is given, is the same process."""
+    """Whether process ``pid`` of this host runs (not a zombie) and, if ``start`` is given, is the same process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by another user
         pass
-    if start is not None:
-        current = _start_time(pid)
-        return current is None or current == start
-    return True
+    fields = _proc_stat(pid)
+    if fields is None:  # no /proc: trust kill(0)
+        return True
+    # A zombie (its parent, e.g. a container's init, does not reap it) holds nothing any more.
+    return fields[0] not in ("Z", "X") and (start is None or fields[19] == start)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ the locks' heartbeats and waits for jobs that another sweep is running. Children
 their own session (a Ctrl-C in the terminal reaches the sweep only, which then stops them in
 order) and, on Linux, with ``PR_SET_PDEATHSIG`` = SIGKILL: if the sweep itself is killed with
 SIGKILL, its runs die with it, and the locks left behind are stale (dead pid) for the next
-sweep. On other systems such orphans keep running until they finish.
+sweep. On other systems such orphans keep running until they finish, and a new sweep may
+start the same run beside them: stop sweeps there with Ctrl-C or SIGTERM, not SIGKILL.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Slot:
 
 @dataclass(frozen=True)
 class Settings:
+    """What a job includes and how often the loop looks around; tests shorten the waits."""
+
     evaluate: bool = True  # run `minnets jpeg` on every finished run
     stale_seconds: float = STALE_SECONDS
     heartbeat_seconds: float = HEARTBEAT_SECONDS
@@ -242,18 +245,17 @@ class Pool:
         lock = JobLock(lock_path(self.root, job.name), self.settings.stale_seconds)
         if not lock.try_acquire():
             return lock.blocked_by.describe() if lock.blocked_by else "lock contended"
-        stages = stages_needed(run_dir, self.settings.evaluate)  # again: it may have finished meanwhile
-        if not stages:
-            lock.release()
-            return Result(job, "done", "finished already")
-        state = rundir.run_status(run_dir)
-        active = _Active(job, lock, stages, slot, time.monotonic())
-        what = {"pending": "train", "partial": "resume training"}.get(state, "")
-        self.say(f"start   {job.name}: {' + '.join(filter(None, [what, 'jpeg' if 'jpeg' in stages else '']))} "
-                 f"on {slot.label}")
         try:
+            stages = stages_needed(run_dir, self.settings.evaluate)  # again: it may have finished meanwhile
+            if not stages:
+                lock.release()
+                return Result(job, "done", "finished already")
+            what = {"pending": "train", "partial": "resume training"}.get(rundir.run_status(run_dir), "")
+            self.say(f"start   {job.name}: {' + '.join(filter(None, [what, 'jpeg' if 'jpeg' in stages else '']))} "
+                     f"on {slot.label}")
+            active = _Active(job, lock, stages, slot, time.monotonic())
             self._start_stage(active)
-        except BaseException:
+        except BaseException:  # Ctrl-C or SIGTERM included: never leave our lock behind
             lock.release()
             raise
         return active

@@ -20,7 +20,7 @@ from minnets.errors import MinnetsError
 from minnets.sweep.grid import Job, load_grid
 from minnets.sweep.locks import JobLock
 from minnets.sweep.pool import Pool, Progress, Result, Settings, local_slots, lock_path, stages_needed
-from minnets.sweep.slurm import SlurmOptions, run_slurm
+from minnets.sweep.slurm import SlurmOptions, require_submitit, run_slurm
 from minnets.training import rundir
 
 __all__ = ["BACKENDS", "REPRODUCE_GRIDS", "SweepResult", "describe", "detect_gpus", "parse_gpus", "run_sweep"]
@@ -130,6 +130,10 @@ def run_sweep(
     """
     if backend not in BACKENDS:
         raise MinnetsError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "slurm":
+        if gpus:
+            raise MinnetsError("--gpus is for the local backend; on Slurm use --slurm-gpus-per-task")
+        require_submitit(slurm)
     jobs = load_grid(grid) if isinstance(grid, (str, Path)) else list(grid)
     if data is not None:
         data = str(Path(data).expanduser().resolve())
@@ -143,19 +147,17 @@ def run_sweep(
     for job in jobs:
         counts[rundir.run_status(root / job.name)] += 1
     left = sum(bool(stages_needed(root / job.name, evaluate)) for job in jobs)
+    header = (f"sweep of {len(jobs)} runs in {root}: {counts['done']} trained, {counts['partial']} partial, "
+              f"{counts['pending']} pending; {left} with work left")
     with _sigterm_as_interrupt():
         if backend == "local":
             gpus = detect_gpus() if gpus is None else list(gpus)
             slots = local_slots(workers or max(1, len(gpus)), gpus)
-            progress.say(f"sweep of {len(jobs)} runs in {root}: {counts['done']} trained, {counts['partial']} "
-                         f"partial, {counts['pending']} pending; {left} with work left; {len(slots)} worker(s) on "
-                         f"{', '.join(sorted({slot.label for slot in slots}))}; logs in {root}/<run>/*.log")
+            progress.say(f"{header}; {len(slots)} worker(s) on {', '.join(sorted({s.label for s in slots}))}; "
+                         f"logs in {root}/<run>/*.log")
             results = Pool(root, slots, settings, progress).run(jobs)
         else:
-            if gpus:
-                raise MinnetsError("--gpus is for the local backend; on Slurm use --slurm-gpus-per-task")
-            progress.say(f"sweep of {len(jobs)} runs in {root}: {counts['done']} trained, {counts['partial']} "
-                         f"partial, {counts['pending']} pending; {left} with work left")
+            progress.say(header)
             results = run_slurm(jobs, root, settings, slurm, workers, progress)
         report_data = data or next((job.overrides["data"] for job in jobs if job.overrides.get("data")), None)
         report = _build_report(root, report_data, progress, settings) if evaluate else None

@@ -29,7 +29,7 @@ from minnets.errors import MinnetsError
 from minnets.sweep.grid import Job
 from minnets.sweep.pool import Pool, Progress, Result, Settings, Slot, cpu_count, stages_needed, thread_env
 
-__all__ = ["SlurmOptions", "SlurmTask", "run_slurm"]
+__all__ = ["SlurmOptions", "SlurmTask", "require_submitit", "run_slurm"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ class SlurmTask:
         return DelayedSubmission(self, job)
 
 
-def _submitit() -> Any:
+def require_submitit(options: SlurmOptions) -> Any:
+    """The submitit module, or a one-line error saying what to install (and sbatch, for Slurm)."""
     try:
         import submitit
     except ImportError:
@@ -74,16 +75,16 @@ def _submitit() -> Any:
             "--backend slurm needs submitit, an optional extra: pip install 'minnets[slurm]' "
             "(or pip install submitit), or use --backend local"
         ) from None
+    if options.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise MinnetsError("--backend slurm needs Slurm's sbatch on the PATH: run the sweep on a login node "
+                           "of the cluster, or use --backend local")
     return submitit
 
 
 def run_slurm(jobs: Sequence[Job], root: Path, settings: Settings, options: SlurmOptions, workers: int | None,
               progress: Progress) -> list[Result]:
     """Submit the unfinished ``jobs`` as one array and wait for it; at most ``workers`` tasks at a time."""
-    submitit = _submitit()
-    if options.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise MinnetsError("--backend slurm needs Slurm's sbatch on the PATH: run the sweep on a login node "
-                           "of the cluster, or use --backend local")
+    submitit = require_submitit(options)
     todo = []
     for job in jobs:
         if stages_needed(root / job.name, settings.evaluate):

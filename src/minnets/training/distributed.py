@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from minnets.errors import MinnetsError
+
 __all__ = ["Context", "setup", "teardown", "sync_batchnorm", "all_reduce_sum"]
 
 
@@ -35,13 +37,15 @@ class Context:
 
 
 def pick_device(requested: str) -> torch.device:
-    from minnets.errors import MinnetsError
-
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise MinnetsError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise MinnetsError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(requested)
+    return device
 
 
 def setup(requested_device: str = "auto") -> Context:

@@ -30,8 +30,8 @@ class Recipe:
     description: str = ""
 
     def milestones(self, epochs: int) -> list[int]:
-        """Epoch indices (0-based) from which the next factor ``gamma`` applies."""
-        return [round(fraction * epochs) for fraction in self.milestone_fractions]
+        """Epoch indices (0-based) from which the next factor ``gamma`` applies (never the first)."""
+        return [max(1, round(fraction * epochs)) for fraction in self.milestone_fractions]
 
 
 RECIPES: dict[str, Recipe] = {

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +18,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from minnets.errors import MinnetsError
+from minnets.files import atomic_write, read_json, write_json
 
 __all__ = [
     "CONFIG", "METRICS", "CHECKPOINT", "WEIGHTS", "SUMMARY", "METRIC_COLUMNS",
-    "atomic_write", "write_json", "read_json", "write_metrics", "read_metrics",
+    "write_metrics", "read_metrics",
     "save_checkpoint", "load_checkpoint", "save_weights", "load_run_model", "run_status",
 ]
 
@@ -33,35 +30,6 @@ CONFIG, METRICS, CHECKPOINT, WEIGHTS, SUMMARY = (
     "config.json", "metrics.csv", "checkpoint.pt", "model.safetensors", "summary.json"
 )
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_err", "test_loss", "test_err", "seconds")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MinnetsError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MinnetsError(f"{path} is damaged ({error}); delete it or the run directory and train again") from None
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:

@@ -37,7 +37,7 @@ EVAL_BATCH_SIZE = 500
 
 IDENTITY_KEYS = (
     "model", "dataset", "num_classes", "seed", "recipe", "epochs", "batch_size", "lr", "momentum",
-    "nesterov", "weight_decay", "milestones", "gamma", "subset", "init", "amp", "channels_last", "float64",
+    "nesterov", "weight_decay", "milestones", "gamma", "subset", "test_subset", "init", "amp", "channels_last", "float64",
 )
 """Config keys that change the results: a run directory is only resumed if they all agree."""
 
@@ -56,6 +56,7 @@ class TrainOptions:
     lr: float | None = None
     seed: int = 0
     subset: int | None = None
+    test_subset: int | None = None
     init: str = "published"
     memory_efficient: bool = False
     amp: str = "none"
@@ -96,6 +97,8 @@ def resolve_config(options: TrainOptions, dataset: ImageDataset, context: distri
         raise MinnetsError(f"--epochs must be at least 1, got {epochs}")
     if options.subset is not None and not 1 <= options.subset <= len(dataset.train_labels):
         raise MinnetsError(f"--subset must be between 1 and {len(dataset.train_labels)}, got {options.subset}")
+    if options.test_subset is not None and not 1 <= options.test_subset <= len(dataset.test_labels):
+        raise MinnetsError(f"--test-subset must be between 1 and {len(dataset.test_labels)}, got {options.test_subset}")
     if options.init not in INIT_SCHEMES:
         raise MinnetsError(f"--init must be one of {', '.join(INIT_SCHEMES)}, got {options.init!r}")
     if options.amp not in ("none", "bf16"):
@@ -114,6 +117,7 @@ def resolve_config(options: TrainOptions, dataset: ImageDataset, context: distri
         "lr": options.lr if options.lr is not None else recipe.lr, "momentum": recipe.momentum,
         "nesterov": recipe.nesterov, "weight_decay": recipe.weight_decay,
         "milestones": recipe.milestones(epochs), "gamma": recipe.gamma, "subset": options.subset,
+        "test_subset": options.test_subset,
         "init": options.init, "amp": options.amp, "channels_last": options.channels_last,
         "float64": options.float64, "compile": options.compile, "model_kwargs": model_kwargs, "data": options.data,
         "device": str(context.device), "world_size": context.world_size,
@@ -279,7 +283,8 @@ def _train(options: TrainOptions, run_dir: Path, context: distributed.Context) -
     common = dict(mean=dataset.mean, std=dataset.std, device=device, rank=context.rank,
                   world_size=context.world_size, channels_last=config["channels_last"], dtype=dtype)
     train_loader = BatchLoader(images, labels, config["batch_size"], train=True, seed=config["seed"], **common)
-    test_loader = BatchLoader(dataset.test_images, dataset.test_labels, EVAL_BATCH_SIZE, train=False,
+    test = slice(config["test_subset"])
+    test_loader = BatchLoader(dataset.test_images[test], dataset.test_labels[test], EVAL_BATCH_SIZE, train=False,
                               seed=config["seed"], **common)
     if not history:
         log(context, options, f"training {config['model']} ({num_params:,} parameters) on {config['dataset']} "
@@ -294,7 +299,8 @@ def _train(options: TrainOptions, run_dir: Path, context: distributed.Context) -
         start = time.perf_counter()
         train_loss, train_err = train_epoch(model, optimizer, train_loader, epoch, config, context, progress)
         train_seconds = time.perf_counter() - start
-        result = evaluate(model, test_loader, config["num_classes"], context, config)
+        # The bare network evaluates: no DDP hooks, no second compiled graph for eval mode.
+        result = evaluate(net, test_loader, config["num_classes"], context, config)
         seconds = time.perf_counter() - start
         if not (math.isfinite(train_loss) and math.isfinite(result["test_loss"])):
             kept = f"the checkpoint of epoch {len(history)}" if history else "no checkpoint (no epoch finished)"
