@@ -130,7 +130,8 @@ BLOCKS = [  # d_in, d_out, stride, projection, size: the paper's blocks, scaled 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_min_block_matches_plain(d_in, d_out, stride, projection, size, channels_last, train):
     torch.manual_seed(0)
-    plain, fast = twins(PlainMinBlock(d_in, d_out, stride, projection), MinBlock(d_in, d_out, stride, projection=projection))
+    plain = PlainMinBlock(d_in, d_out, stride, projection)
+    plain, fast = twins(plain, MinBlock(d_in, d_out, stride, projection=projection))
     plain.train(train), fast.train(train)
     x = torch.randn(3, d_in, size, size)
     if channels_last:

@@ -390,12 +390,13 @@ def data_check(
 
     An *epoch* is ``steps`` training steps on the batches of :class:`minnets.data.BatchLoader`
     (shuffle, flip, crop and normalisation on ``device``) over ``steps * batch_size``
-    synthetic CIFAR-sized uint8 images (the loader's work does not depend on the pixels);
-    *compute* is the same number of steps on one batch already on the device. Both are timed
-    in turn, ``rounds`` times; ``ratio`` is the median over rounds of epoch / compute (1.0
-    means the data path is free), ``loader_s`` times the loader alone, and ``loader_share``
-    = loader / compute is what the data path costs, free of the noise between the two
-    timings (on a shared machine the ratio's own noise can exceed it).
+    synthetic CIFAR-sized uint8 images (the loader's work does not depend on the pixels),
+    each step timed from asking the loader for its batch to the end of the optimizer step;
+    *compute* is the same steps on one batch already on the device. The two kinds of step
+    alternate, so a machine that drifts slows both alike; ``ratio`` is the median over
+    ``rounds`` of epoch / compute (1.0: the data path is free). ``loader_s`` times the loader
+    alone for one epoch and ``loader_share`` = loader / compute. On CUDA every step is
+    synchronised, so the loader cannot hide behind the GPU: an upper bound of its cost.
     """
     from minnets.data import BatchLoader
     from minnets.data.cifar import CIFAR10
@@ -414,13 +415,13 @@ def data_check(
     case = _build(model, dev, batch_size, channels_last, compile, seed)
     epochs = iter(range(1 << 30))
 
-    def epoch() -> None:
-        for x, y, _ in loader.epoch(next(epochs)):
-            _train_step(case, x, y, autocast)
-
-    def compute() -> None:
+    def epoch_and_compute() -> tuple[float, float]:
+        fed = pure = 0.0
+        batches = loader.epoch(next(epochs))
         for _ in range(steps):
-            _train_step(case, case.x, case.y, autocast)
+            fed += _timed(dev, 1, lambda: _train_step(case, *next(batches)[:2], autocast))
+            pure += _timed(dev, 1, lambda: _train_step(case, case.x, case.y, autocast))
+        return fed, pure
 
     def loader_only() -> None:
         for x, _, _ in loader.epoch(next(epochs)):
@@ -429,16 +430,16 @@ def data_check(
     if progress:
         print(f"benchmark: data check of {model}: warming up", file=sys.stderr, flush=True)
     for _ in range(warmup):
-        epoch()
-        compute()
+        epoch_and_compute()
     epoch_s, compute_s, loader_s = [], [], []
     for round_index in range(rounds):
-        epoch_s.append(_timed(dev, 1, epoch))
-        compute_s.append(_timed(dev, 1, compute))
+        fed, pure = epoch_and_compute()
+        epoch_s.append(fed)
+        compute_s.append(pure)
         loader_s.append(_timed(dev, 1, loader_only))
         if progress:
-            print(f"benchmark: round {round_index + 1}/{rounds} {model}: epoch {epoch_s[-1]:.2f} s, "
-                  f"compute {compute_s[-1]:.2f} s, loader alone {loader_s[-1]:.3f} s", file=sys.stderr, flush=True)
+            print(f"benchmark: round {round_index + 1}/{rounds} {model}: epoch {fed:.2f} s, "
+                  f"compute {pure:.2f} s, loader alone {loader_s[-1]:.3f} s", file=sys.stderr, flush=True)
     return {
         "model": model,
         "steps": steps,

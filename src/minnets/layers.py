@@ -76,10 +76,11 @@ class _NormReluMin(torch.autograd.Function):
     Autograd of the plain composition stores five full-size tensors and spends most of its
     time in ``minimum``'s backward (``where`` and ``masked_fill``, measured 5 to 8 times slower
     than an arithmetic kernel on the CPU) and in the copies around ``F.instance_norm``, which
-    cannot view a channels-last tensor as one batch of ``N*C`` channels. Here the forward keeps the two normalised maps and
-    the output; the backward uses only arithmetic kernels. ``ReLU(min(a, b)) = min(ReLU(a),
-    ReLU(b))``, and the gradient follows PyTorch's conventions exactly: nothing flows where
-    the output is 0, all of it to the smaller input, and half to each where they are equal.
+    cannot view a channels-last tensor as one batch of ``N*C`` channels. Here the forward
+    keeps the two normalised maps and the output; the backward uses only arithmetic kernels.
+    ``ReLU(min(a, b)) = min(ReLU(a), ReLU(b))``, and the gradient follows PyTorch's
+    conventions exactly: nothing flows where the output is 0, all of it to the smaller input,
+    and half to each where they are equal.
     """
 
     @staticmethod
@@ -301,11 +302,10 @@ class MinBlock(nn.Module):
     Speed on the CPU (same mathematics; ``tests/test_fast_min_block.py`` compares outputs,
     gradients and running statistics with the plain composition): the residual branch runs in
     channels-last (see :class:`MinUnit`), an NCHW input converted on the way in, where it is
-    narrower than the hidden maps; the shortcut and the sum keep the input's memory format,
-    so the output has it too. The ``expand`` BatchNorm is folded
-    into its 1x1 conv, its batch statistics computed from the input's covariance
-    (:class:`_ExpandBNReLU`), so the widest maps are written once and never normalised in a
-    separate pass. BatchNorm's bookkeeping (running averages, ``momentum``, ``None`` momentum,
+    narrower than the hidden maps; the output keeps the input's memory format. The ``expand``
+    BatchNorm is folded into its 1x1 conv, its batch statistics computed from the input's
+    covariance (:class:`_ExpandBNReLU`), so the widest maps are written once and never
+    normalised in a separate pass. BatchNorm's bookkeeping (running averages, ``momentum``, ``None`` momentum,
     ``num_batches_tracked``, evaluation mode) is kept; a replaced ``expand`` runs as written.
     Other devices run the modules as they are. First derivatives only (see :class:`MinUnit`).
     """
@@ -338,5 +338,10 @@ class MinBlock(nn.Module):
             return self.shortcut(x) + self.reduce(self.min_unit(self.expand(x)))
         wide = x.contiguous(memory_format=torch.channels_last)
         hidden = _conv_bn_relu(self.expand, wide) if _foldable(self.expand) else self.expand(wide)
-        # The sum takes the memory format of its first term, the shortcut of the input as given.
-        return self.shortcut(x) + self.reduce(self.min_unit(hidden))
+        branch = self.reduce(self.min_unit(hidden))
+        if self.shortcut.projection is None:  # the sum takes the format of its first term, x's
+            return self.shortcut(x) + branch
+        # The projection's 1x1 conv is faster on the channels-last copy; the sum goes back.
+        last = x.is_contiguous(memory_format=torch.channels_last)
+        return (self.shortcut(wide) + branch).contiguous(
+            memory_format=torch.channels_last if last else torch.contiguous_format)

@@ -44,19 +44,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Times training steps (forward, cross-entropy, backward, SGD with momentum 0.9 and "
             "weight decay 1e-4) and inference batches (eval mode, inference_mode) on a fixed random "
             "CIFAR-sized batch. The models take turns over several rounds and the median round is "
-            "reported, so ratios between models hold on a noisy machine. FLOPs are counted with "
-            "torch.utils.flop_counter on one forward pass (2 per multiply-add; convolutions, "
-            "depthwise ones included, and matrix products; norms and element-wise ops are not "
-            "counted); train GFLOP/s uses the counted forward+backward FLOPs. Peak memory is the "
-            "model state plus the most a training step had allocated at once (CUDA: "
-            "max_memory_allocated; CPU: the PyTorch profiler's allocation record)."
+            "reported, so ratios between models hold on a noisy machine (on a shared one, also pass "
+            "--threads 1). FLOPs per image are counted with torch.utils.flop_counter on one forward "
+            "pass in eval mode (2 per multiply-add; convolutions, depthwise ones included, and "
+            "matrix products; norms and element-wise ops are not counted); train GFLOP/s uses the "
+            "counted forward+backward FLOPs of a training step. Peak memory is the model state plus "
+            "the most a training step had allocated at once (CUDA: max_memory_allocated; CPU: the "
+            "PyTorch profiler's allocation record). Unless --no-tune-allocator, glibc's malloc is "
+            "first told to keep big freed blocks for reuse (minnets.benchmark.tune_cpu_allocator)."
         ),
     )
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated names (default {DEFAULT_MODELS})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model and round (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over all models; the median is reported (default 3)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds over all models; the median is reported (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model before the rounds (default 2)")
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None, help="autocast to this dtype (default off)")
     parser.add_argument("--channels-last", action="store_true", help="model and batch in channels-last memory format")

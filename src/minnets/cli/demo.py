@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset != "shapes10" and not args.data:
         raise MinnetsError(f"--dataset {args.dataset} needs --data DIR (a folder holding the dataset) or --download")
     overrides = {"dataset": args.dataset, "recipe": "quick", "epochs": args.epochs}
-    if args.subset is not None:
+    if args.subset:
         overrides["subset"] = args.subset
     jobs = make_jobs(list(args.models.split(",")), seeds=list(range(args.seeds)), overrides=overrides)
     print(f"minnets demo: {len(jobs)} runs ({args.models}) on {args.dataset}, {args.epochs} epochs each, "
@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", metavar="DIR", help="dataset folder for cifar10/cifar100")
     parser.add_argument("--download", action="store_true", help="fetch CIFAR if it is missing")
     parser.add_argument("--models", default=",".join(DEMO_MODELS), help="comma-separated (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=6, help="per run (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=4, help="per run (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per model, 0..S-1 (default: %(default)s)")
-    parser.add_argument("--subset", type=int, metavar="N", help="train on the first N training images")
+    parser.add_argument("--subset", type=int, default=5000, metavar="N",
+                        help="train on the first N training images (default: %(default)s; 0: all)")
     parser.add_argument("--workers", type=int, help="runs at a time (default: one per GPU, or 1 on the CPU)")
     parser.set_defaults(handler=run)
