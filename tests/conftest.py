@@ -19,3 +19,12 @@ def cifar_root() -> Path:
     if not (SHARED_DATA / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip(f"real CIFAR-10 not found in {SHARED_DATA} (expected cifar-10-batches-py/)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """For modules of tiny tensors, where one thread beats two (above all on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

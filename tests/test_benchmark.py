@@ -13,13 +13,7 @@ from torch import nn
 from minnets.benchmark import REQUIRED_KEYS, count_flops, data_check, format_table
 from minnets.cli import main
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny batches: one thread is faster, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
 
 
 TINY = ["--batch-size", "4", "--steps", "1", "--rounds", "1", "--warmup", "0", "--threads", "1",

@@ -24,13 +24,7 @@ from minnets.layers import MinBlock, MinUnit
 REL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tensors here are tiny: one thread is faster, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
 
 
 class PlainMinUnit(nn.Module):

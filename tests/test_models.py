@@ -18,13 +18,7 @@ from minnets.models import (
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is faster than two, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
 
 # SPEC section 4, copied by hand: trainable parameters with 10 classes.
 SPEC_PARAMS = {
