@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from minnets.errors import MinnetsError
+from minnets.files import read_json
 from minnets.sweep.grid import Job
 from minnets.sweep.locks import HEARTBEAT_SECONDS, STALE_SECONDS, JobLock
 from minnets.training import rundir
@@ -304,7 +305,7 @@ class Pool:
 
     @staticmethod
     def _describe_done(run_dir: Path, started: float) -> str:
-        summary = rundir.read_json(run_dir / rundir.SUMMARY)
+        summary = read_json(run_dir / rundir.SUMMARY)
         return (f"final test error {summary['final_test_err']:.2f}% (min {summary['min_test_err']:.2f}%) "
                 f"in {format_duration(time.monotonic() - started)}")
 

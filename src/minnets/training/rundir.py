@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from minnets.errors import MinnetsError
-from minnets.files import atomic_write, read_json, write_json
+from minnets.files import atomic_write, read_json
 
 __all__ = [
     "CONFIG", "METRICS", "CHECKPOINT", "WEIGHTS", "SUMMARY", "METRIC_COLUMNS",

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from minnets.data import BatchLoader, ImageDataset, load_dataset
 from minnets.errors import MinnetsError
+from minnets.files import read_json, write_json
 from minnets.models import INIT_SCHEMES, count_parameters, create_model, model_info
 from minnets.training import distributed, rundir
 from minnets.training.recipes import default_recipe_name, get_recipe, lr_at_epoch
@@ -244,13 +245,13 @@ def _train(options: TrainOptions, run_dir: Path, context: distributed.Context) -
     dataset = _load_data(options, context)
     config = resolve_config(options, dataset, context)
     if (run_dir / rundir.CONFIG).exists():
-        check_same_run(run_dir, rundir.read_json(run_dir / rundir.CONFIG), config)
+        check_same_run(run_dir, read_json(run_dir / rundir.CONFIG), config)
         if rundir.run_status(run_dir) == "done":
-            summary = rundir.read_json(run_dir / rundir.SUMMARY)
+            summary = read_json(run_dir / rundir.SUMMARY)
             log(context, options, f"{run_dir} is finished already: final test error {summary['final_test_err']:.2f}%")
             return summary
     elif context.is_main:
-        rundir.write_json(run_dir / rundir.CONFIG, config)
+        write_json(run_dir / rundir.CONFIG, config)
 
     device = context.device
     torch.manual_seed(config["seed"])
@@ -325,7 +326,7 @@ def _train(options: TrainOptions, run_dir: Path, context: distributed.Context) -
     summary = summarize(config, history, num_params, wall)
     if context.is_main:
         rundir.save_weights(run_dir / rundir.WEIGHTS, net)
-        rundir.write_json(run_dir / rundir.SUMMARY, summary)
+        write_json(run_dir / rundir.SUMMARY, summary)
     log(context, options, f"done: final test error {summary['final_test_err']:.2f}%, "
         f"min {summary['min_test_err']:.2f}% (epoch {summary['argmin_epoch']}); {run_dir}")
     return summary
