@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from minnets import kernels
+
 __all__ = ["MinUnit", "MinBlock", "Shortcut"]
 
 
@@ -108,6 +110,66 @@ class _NormReluMin(torch.autograd.Function):
         )
 
 
+class _NativeMinUnit(torch.autograd.Function):
+    """The whole Min-unit (both depthwise convs included) as one native CPU kernel.
+
+    See :mod:`minnets.kernels`: the filter outputs are never stored, only ``x`` and per-sample
+    statistics, and the backward pass recomputes them. With ``input_is_relu`` the gradient of
+    ``x`` is also zeroed where ``x == 0``, the backward of the ReLU that made ``x``, so that
+    ReLU can skip its own pass over the (widest) maps.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor,
+                stride: int, eps: float, input_is_relu: bool) -> torch.Tensor:
+        out, stats = kernels.min_unit_forward(x, weight_v, weight_g, stride, eps)
+        ctx.save_for_backward(x, weight_v, weight_g, stats)
+        ctx.stride, ctx.input_is_relu = stride, input_is_relu
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None, None]:
+        x, weight_v, weight_g, stats = ctx.saved_tensors
+        grads = kernels.min_unit_backward(grad, x, weight_v, weight_g, stats, ctx.stride, ctx.input_is_relu)
+        return (*grads, None, None, None)
+
+
+class _ReluGradientMask(torch.autograd.Function):
+    """Identity forward; backward zeroes the gradient where the (rectified) input is 0."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, x, 0)
+
+
+class _ChannelsLastGradient(torch.autograd.Function):
+    """Identity forward; backward hands on the gradient in channels-last memory format.
+
+    Where a channels-last branch meets an NCHW tensor (the block's output, or the sum after
+    the projection), the gradient comes back NCHW; oneDNN's backward passes of the branch's
+    channels-last convs and BatchNorm were measured 20 to 45 % slower with it than after this
+    one copy.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 class MinUnit(nn.Module):
     """Element-wise minimum of two rectified, instance-normalised depthwise filters (Eq. 2).
 
@@ -118,12 +180,13 @@ class MinUnit(nn.Module):
     Parameters: ``filter_v.weight`` and ``filter_g.weight``, each ``(channels, 1, k, k)``.
 
     Speed (same mathematics as the plain composition; the tests compare both): on the CPU the
-    input is taken to channels-last memory format, where oneDNN's depthwise kernels run several
-    times faster than in NCHW, above all backward, and the output stays channels-last. The two
-    depthwise convs stay two calls: one grouped conv ``f -> 2f`` (channel multiplier 2) misses
-    oneDNN's depthwise kernel and was measured 1.5 to 4 times slower. Instance norm, ReLU and
-    the minimum are one autograd node (:class:`_NormReluMin`) with a closed-form backward,
-    which supports first derivatives only (no ``create_graph=True`` double backward).
+    input is taken to channels-last memory format and, for float32, the whole unit runs as one
+    native kernel (:mod:`minnets.kernels`; forward hooks on ``filter_v``/``filter_g`` do not
+    fire there). Elsewhere, or without a C compiler, the two depthwise convs run as modules
+    (channels-last on the CPU, where oneDNN's depthwise kernels are several times faster than
+    in NCHW) and instance norm, ReLU and the minimum are one autograd node
+    (:class:`_NormReluMin`) with a closed-form backward. Both support first derivatives only
+    (no ``create_graph=True`` double backward).
     """
 
     def __init__(self, channels: int, stride: int = 1, kernel_size: int = 3, eps: float = 1e-5) -> None:
@@ -134,9 +197,16 @@ class MinUnit(nn.Module):
         self.filter_v = nn.Conv2d(channels, channels, **conv)
         self.filter_g = nn.Conv2d(channels, channels, **conv)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_is_relu: bool = False) -> torch.Tensor:
+        """``input_is_relu=True`` promises that ``x`` is a ReLU's output and asks for x's gradient
+        already zeroed where ``x == 0``, so that the ReLU's own backward pass can be skipped."""
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
+            weights = (self.filter_v.weight, self.filter_g.weight)
+            if kernels.usable(x, *weights) and not (self.filter_v._forward_hooks or self.filter_g._forward_hooks):
+                return _NativeMinUnit.apply(x, *weights, self.filter_v.stride[0], self.eps, input_is_relu)
+        if input_is_relu:
+            x = _ReluGradientMask.apply(x)
         return _NormReluMin.apply(self.filter_v(x), self.filter_g(x), self.eps)
 
 
@@ -186,7 +256,8 @@ class _ExpandBNReLU(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
-                beta: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                beta: torch.Tensor, eps: float, gradient_masked: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = _rows(x)
         count, d_in = rows.shape
         mean_x = rows.mean(dim=0)
@@ -202,6 +273,7 @@ class _ExpandBNReLU(torch.autograd.Function):
         # W x - W mu = W (x - mu): with the ones column the bias is part of the product.
         out = _matmul_t(ones, torch.cat([folded, beta.double()[:, None]], dim=1).to(x.dtype), relu=True)
         ctx.save_for_backward(ones, w, gram, scale, gain, folded, out)
+        ctx.gradient_masked = gradient_masked
         mean = (w @ mean_x.double()).to(x.dtype)
         unbiased = (var * count / max(count - 1, 1)).to(x.dtype)
         ctx.mark_non_differentiable(mean, unbiased)
@@ -211,11 +283,13 @@ class _ExpandBNReLU(torch.autograd.Function):
     @once_differentiable
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: FunctionCtx, grad: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, None]:
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
         ones, w, gram, scale, gain, folded, out = ctx.saved_tensors
         count, d_in = ones.shape[0], w.shape[1]
         # u: gradient at the BN output, where the ReLU let it through.
-        u = torch.ops.aten.threshold_backward(_rows(grad.contiguous(memory_format=torch.channels_last)), out, 0)
+        u = _rows(grad.contiguous(memory_format=torch.channels_last))
+        if not ctx.gradient_masked:
+            u = torch.ops.aten.threshold_backward(u, out, 0)
         sums = (u.T @ ones).double()
         u_x, d_beta = sums[:, :d_in], sums[:, d_in]  # sum_m u_m (x_m - mu)^T, sum_m u_m
         d_gamma = scale * (u_x * w).sum(dim=1)  # sum_m u_m * normalised_m
@@ -226,15 +300,17 @@ class _ExpandBNReLU(torch.autograd.Function):
         dtype = u.dtype
         d_rows = _matmul_t(ones, cross.T.to(dtype)).addmm_(u, folded.to(dtype))
         return (_maps(d_rows, grad), d_weight.to(dtype).view(-1, d_in, 1, 1), d_gamma.to(dtype),
-                d_beta.to(dtype), None)
+                d_beta.to(dtype), None, None)
 
 
-def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, gradient_masked: bool = False) -> torch.Tensor:
     """``seq`` (1x1 conv, BatchNorm2d, ReLU) applied to a channels-last ``x``, BN folded into the conv.
 
     Reproduces :class:`nn.BatchNorm2d`'s bookkeeping: batch statistics in training mode (or
     without running statistics), the running averages and ``num_batches_tracked`` updated as it
     would, running statistics folded into the conv weights in evaluation mode.
+    ``gradient_masked``: the consumer of the output zeroes its gradient where the output is 0
+    (see :meth:`MinUnit.forward`), so the ReLU's backward is skipped in training mode.
     """
     conv, bn = seq[0], seq[1]
     factor = 0.0 if bn.momentum is None else bn.momentum
@@ -242,7 +318,7 @@ def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     if bn.training or bn.running_mean is None:
-        out, mean, var = _ExpandBNReLU.apply(x, conv.weight, bn.weight, bn.bias, bn.eps)
+        out, mean, var = _ExpandBNReLU.apply(x, conv.weight, bn.weight, bn.bias, bn.eps, gradient_masked)
         if bn.training and bn.track_running_stats and bn.running_mean is not None:
             with torch.no_grad():
                 bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
@@ -337,11 +413,12 @@ class MinBlock(nn.Module):
         if x.device.type != "cpu":
             return self.shortcut(x) + self.reduce(self.min_unit(self.expand(x)))
         wide = x.contiguous(memory_format=torch.channels_last)
-        hidden = _conv_bn_relu(self.expand, wide) if _foldable(self.expand) else self.expand(wide)
-        branch = self.reduce(self.min_unit(hidden))
-        if self.shortcut.projection is None:  # the sum takes the format of its first term, x's
-            return self.shortcut(x) + branch
-        # The projection's 1x1 conv is faster on the channels-last copy; the sum goes back.
+        folded = _foldable(self.expand)
+        hidden = _conv_bn_relu(self.expand, wide, gradient_masked=True) if folded else self.expand(wide)
+        branch = self.reduce(self.min_unit(hidden, input_is_relu=folded))
         last = x.is_contiguous(memory_format=torch.channels_last)
-        return (self.shortcut(wide) + branch).contiguous(
-            memory_format=torch.channels_last if last else torch.contiguous_format)
+        if self.shortcut.projection is None:  # the sum takes the format of its first term, x's
+            return self.shortcut(x) + (branch if last else _ChannelsLastGradient.apply(branch))
+        # The projection's 1x1 conv is faster on the channels-last copy; the sum goes back.
+        total = self.shortcut(wide) + branch
+        return total if last else _ChannelsLastGradient.apply(total).contiguous()

@@ -1,0 +1,176 @@
+"""A native CPU kernel for the whole Min-unit, built from C source on first use and cached.
+
+The Min-unit (two depthwise convs, two instance norms, two ReLUs and a minimum) is memory
+bound on the CPU: as separate PyTorch kernels, forward and backward, its full-size maps cross
+main memory a dozen times a step, and oneDNN's depthwise weight gradient is slow besides.
+``min_unit.c`` does the forward pass in one read of the input and the backward pass in one
+read of the input and the output gradient (see the comment at its top), a sample at a time,
+split across ``torch.get_num_threads()`` OpenMP threads.
+
+Building: the system C compiler (``$CC``, else ``cc``) compiles the source with
+``-O3 -march=native -fopenmp`` into ``$MINNETS_CACHE/kernels`` (default
+``~/.cache/minnets/kernels``), named by a hash of the source, the flags and the CPU, so a cache
+shared by unlike machines stays correct. This takes about a second, once. Without a compiler
+(or with ``MINNETS_NATIVE=0``) :func:`available` is False, one warning says why, and the
+layers use their pure-PyTorch path: the same mathematics, slower on the CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import sysconfig
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "usable", "min_unit_forward", "min_unit_backward", "build"]
+
+SOURCE = Path(__file__).with_name("min_unit.c")
+FLAGS = ("-O3", "-fPIC", "-shared", "-std=c11", "-ffp-contract=fast")  # fused multiply-adds where the CPU has them
+# Tried in order: -march=native for the CPU's vector width, -fopenmp for threads. OpenMP code
+# links libgomp.so.1, which the loader resolves to the copy PyTorch has already loaded, so
+# both share one thread pool instead of two pools fighting over the cores.
+OPTIONAL_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
+
+_library: ctypes.CDLL | None = None
+_tried = False
+_lock = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("MINNETS_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "minnets") / "kernels"
+
+
+def _cpu_identity() -> str:
+    """What makes ``-march=native`` code run here: the CPU's model and instruction-set flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+
+
+def build(cache_dir: Path | None = None) -> Path:
+    """Compile ``min_unit.c`` (unless a matching build is cached) and return the library's path.
+
+    Raises ``RuntimeError`` with the compiler's message when no build succeeds.
+    """
+    cache_dir = _cache_dir() if cache_dir is None else cache_dir
+    compiler = _compiler()
+    source = SOURCE.read_bytes()
+    errors = []
+    for optional in OPTIONAL_FLAGS:
+        flags = [*FLAGS, *optional]
+        key = hashlib.sha256(b"\0".join([source, " ".join(compiler + flags).encode(), _cpu_identity().encode()]))
+        target = cache_dir / f"min_unit-{key.hexdigest()[:16]}.so"
+        if target.is_file():
+            return target
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Compile to a private name, then rename: concurrent builders never see a partial file.
+        fd, partial = tempfile.mkstemp(suffix=".so", dir=cache_dir)
+        os.close(fd)
+        try:
+            result = subprocess.run([*compiler, *flags, str(SOURCE), "-o", partial, "-lm"],
+                                    capture_output=True, text=True)
+            if result.returncode == 0:
+                os.replace(partial, target)
+                return target
+            errors.append(result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"])
+        except OSError as error:
+            errors.append([str(error)])
+        finally:
+            Path(partial).unlink(missing_ok=True)
+    raise RuntimeError(f"cannot compile {SOURCE.name} with {' '.join(compiler)}: {errors[-1][0]}")
+
+
+def _load() -> ctypes.CDLL | None:
+    global _library, _tried
+    with _lock:
+        if _tried:
+            return _library
+        _tried = True
+        if os.environ.get("MINNETS_NATIVE", "1") == "0":
+            return None
+        try:
+            library = ctypes.CDLL(str(build()))
+        except (RuntimeError, OSError) as error:
+            warnings.warn(f"minnets: native Min-unit kernel unavailable ({error}); using the slower "
+                          "pure-PyTorch path. Install a C compiler (or set CC) to get it.", RuntimeWarning,
+                          stacklevel=3)
+            return None
+        pointer, size = ctypes.c_void_p, ctypes.c_long
+        library.minnets_min_unit_forward.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
+        library.minnets_min_unit_backward.argtypes = [pointer] * 8 + [size] * 6 + [ctypes.c_int] * 2
+        _library = library
+        return library
+
+
+def available() -> bool:
+    """Whether the native kernel is built and loaded (building it now if needed)."""
+    return _load() is not None
+
+
+def usable(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether the kernel can take this input and these filters: float32 on the CPU, a
+    channels-last input, not inside ``torch.compile`` (which traces the PyTorch path instead)."""
+    return (all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, *weights))
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.compiler.is_compiling() and available())
+
+
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("native Min-unit kernel: out of memory for its per-thread buffers")
+
+
+def _taps(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise ``(c, 1, k, k)`` filter bank as the ``(k*k, c)`` tap-major array the kernel reads."""
+    return weight.detach().reshape(weight.shape[0], -1).t().contiguous()
+
+
+def min_unit_forward(x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``min(ReLU(IN(w_v * x)), ReLU(IN(w_g * x)))`` and the per-sample statistics the backward needs."""
+    n, c, h, w = x.shape
+    k = weight_v.shape[-1]
+    pad = k // 2  # as the module's convs: "same" padding for odd k
+    size = ((h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+    out = torch.empty(n, c, *size, memory_format=torch.channels_last)
+    stats = x.new_empty(n, 4, c)
+    taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
+    if out.numel():
+        _check(_load().minnets_min_unit_forward(
+            x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), out.data_ptr(), stats.data_ptr(),
+            n, h, w, c, k, stride, eps, torch.get_num_threads()))
+    return out, stats
+
+
+def min_unit_backward(grad: torch.Tensor, x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor,
+                      stats: torch.Tensor, stride: int, input_is_relu: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``x`` and both filter banks; ``input_is_relu`` zeroes x's where ``x == 0``."""
+    n, c, h, w = x.shape
+    k = weight_v.shape[-1]
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+    taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
+    grad_v, grad_g = torch.zeros(k * k, c), torch.zeros(k * k, c)
+    if grad_x.numel():
+        _check(_load().minnets_min_unit_backward(
+            grad.data_ptr(), x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), stats.data_ptr(),
+            grad_x.data_ptr(), grad_v.data_ptr(), grad_g.data_ptr(), n, h, w, c, k, stride, int(input_is_relu),
+            torch.get_num_threads()))
+    return grad_x, grad_v.t().reshape_as(weight_v), grad_g.t().reshape_as(weight_g)
