@@ -1,7 +1,8 @@
 """The fast Min-unit and Min-block against a plain reference of the same mathematics.
 
-The reference below is the straightforward composition of PyTorch modules the project started
-from (two depthwise convs, ``F.instance_norm``, ``F.relu``, ``torch.minimum``, a zero-padded
+Every test runs twice: with the native Min-unit kernel (:mod:`minnets.kernels`) and with
+the PyTorch fallback. The reference below is the straightforward composition of PyTorch
+modules the project started from (two depthwise convs, ``F.instance_norm``, ``F.relu``, ``torch.minimum``, a zero-padded
 shortcut). It has the same parameters under the same state_dict keys, so the fast modules
 load its weights and must give the same outputs, input gradients, parameter gradients and
 BatchNorm running statistics, in every configuration the models use and a few more.
@@ -19,12 +20,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minnets import kernels
 from minnets.layers import MinBlock, MinUnit
 
 REL = 1e-5
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
+
+
+@pytest.fixture(autouse=True, params=["native", "pytorch"])
+def min_unit_path(request):
+    """Every test runs on both CPU paths of the Min-unit: the native kernel and the PyTorch ops."""
+    if request.param == "native" and not kernels.available():
+        pytest.skip("no C compiler: the native Min-unit kernel is not built")
+    with kernels.use_native(request.param == "native"):
+        yield request.param
 
 
 class PlainMinUnit(nn.Module):

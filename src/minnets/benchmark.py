@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from minnets import kernels
 from minnets.errors import MinnetsError
 from minnets.models import create_model, model_info
 
@@ -185,14 +186,18 @@ def count_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int
     The forward pass is counted in evaluation mode, where every implementation of a layer runs
     the same convolutions, so that models compare by their mathematics; the training step counts
     what runs in training mode. The model's mode is restored; BatchNorm statistics see one batch.
+    Counted on the PyTorch path: the counter cannot see inside the native Min-unit kernel, which
+    does the same convolutions (and recomputes the forward ones in its backward pass).
     """
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as counter:
+    flop_counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas())
+    with torch.no_grad(), kernels.use_native(False), flop_counter as counter:
         model(x)
     forward = counter.get_total_flops()
     model.train()
-    with FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as counter:
+    flop_counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas())
+    with kernels.use_native(False), flop_counter as counter:
         F.cross_entropy(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     model.train(was_training)

@@ -27,13 +27,16 @@ import sysconfig
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "usable", "min_unit_forward", "min_unit_backward", "build"]
+__all__ = ["available", "usable", "use_native", "min_unit_forward", "min_unit_backward", "build"]
 
 SOURCE = Path(__file__).with_name("min_unit.c")
+MAX_KERNEL = 7  # as MAX_KERNEL in the source
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=c11", "-ffp-contract=fast")  # fused multiply-adds where the CPU has them
 # Tried in order: -march=native for the CPU's vector width, -fopenmp for threads. OpenMP code
 # links libgomp.so.1, which the loader resolves to the copy PyTorch has already loaded, so
@@ -42,6 +45,7 @@ OPTIONAL_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native"
 
 _library: ctypes.CDLL | None = None
 _tried = False
+_enabled = True
 _lock = threading.Lock()
 
 
@@ -123,10 +127,23 @@ def available() -> bool:
     return _load() is not None
 
 
+@contextmanager
+def use_native(enabled: bool) -> Iterator[None]:
+    """Turn the native kernel off (or back on) inside a ``with`` block, e.g. to compare paths."""
+    global _enabled
+    before, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
 def usable(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether the kernel can take this input and these filters: float32 on the CPU, a
-    channels-last input, not inside ``torch.compile`` (which traces the PyTorch path instead)."""
-    return (all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, *weights))
+    """Whether the kernel can take this input and these square filters: float32 on the CPU, a
+    channels-last input, filters up to 7 x 7, not inside ``torch.compile`` (which traces the
+    PyTorch path instead), and not turned off."""
+    return (_enabled and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, *weights))
+            and all(w.shape[-1] == w.shape[-2] <= MAX_KERNEL for w in weights)
             and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.compiler.is_compiling() and available())
 

@@ -14,9 +14,9 @@
  *
  * Filters come as (k*k x c) tap-major arrays. stats holds, per sample, four runs of c floats:
  * mean(v), 1/sqrt(var(v)+eps), mean(g), 1/sqrt(var(g)+eps), with the biased variance (what
- * instance norm normalises with). Sums are accumulated in double precision; the filter
- * gradients per sample in float, then per thread in double, then over threads in a fixed
- * order, so results do not depend on scheduling.
+ * instance norm normalises with). Per-channel sums run in float over blocks of pixels and in
+ * double across blocks; the filter gradients per sample in float, then per thread in double,
+ * then over threads in a fixed order, so results do not depend on scheduling.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -103,26 +103,50 @@ static void convolve(const float *restrict x, const float *restrict w_v, const f
         }
 }
 
-static void channel_means(const float *restrict x, long hw, long c, double *restrict sum, float *restrict mean)
+/* Per-channel sums run in float over blocks of BLOCK pixels (vectorised 8 floats wide), and
+ * the block sums in double: float-fast, and accurate to double rounding of float blocks. */
+#define BLOCK 32
+
+INLINE long block_end(long p0, long hw) { return p0 + BLOCK < hw ? p0 + BLOCK : hw; }
+
+/* sum[k] += part[k] for the block just summed, then part[k] = 0 for the next one. */
+static void flush(double *restrict sum, float *restrict part, long count)
+{
+    for (long k = 0; k < count; ++k) {
+        sum[k] += part[k];
+        part[k] = 0.0f;
+    }
+}
+
+static void channel_means(const float *restrict x, long hw, long c, double *restrict sum, float *restrict part,
+                          float *restrict mean)
 {
     memset(sum, 0, sizeof(double) * (size_t)c);
-    for (long p = 0; p < hw; ++p) {
-        const float *restrict row = ROW(x, p, c);
-        for (long k = 0; k < c; ++k) sum[k] += row[k];
+    memset(part, 0, sizeof(float) * (size_t)c);
+    for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+        for (long p = p0; p < block_end(p0, hw); ++p) {
+            const float *restrict row = ROW(x, p, c);
+            for (long k = 0; k < c; ++k) part[k] += row[k];
+        }
+        flush(sum, part, c);
     }
     for (long k = 0; k < c; ++k) mean[k] = (float)(sum[k] / (double)hw);
 }
 
 static void channel_scales(const float *restrict x, const float *restrict mean, long hw, long c, float eps,
-                           double *restrict sum, float *restrict scale)
+                           double *restrict sum, float *restrict part, float *restrict scale)
 {
     memset(sum, 0, sizeof(double) * (size_t)c);
-    for (long p = 0; p < hw; ++p) {
-        const float *restrict row = ROW(x, p, c);
-        for (long k = 0; k < c; ++k) {
-            const float centred = row[k] - mean[k];
-            sum[k] += (double)centred * (double)centred;
+    memset(part, 0, sizeof(float) * (size_t)c);
+    for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+        for (long p = p0; p < block_end(p0, hw); ++p) {
+            const float *restrict row = ROW(x, p, c);
+            for (long k = 0; k < c; ++k) {
+                const float centred = row[k] - mean[k];
+                part[k] += centred * centred;
+            }
         }
+        flush(sum, part, c);
     }
     for (long k = 0; k < c; ++k) scale[k] = (float)(1.0 / sqrt(sum[k] / (double)hw + (double)eps));
 }
@@ -137,16 +161,16 @@ static inline float relu_min(float a, float b)
 /* One sample: both filters, their statistics, then the output. */
 static void forward_sample(const float *restrict x, const float *restrict w_v, const float *restrict w_g,
                            float *restrict out, float *restrict stats, float *restrict v, float *restrict g,
-                           double *restrict sum, const Geometry *geo, float eps)
+                           double *restrict sum, float *restrict part, const Geometry *geo, float eps)
 {
     const long c = geo->channels, hw = geo->out_height * geo->out_width;
     float *restrict mean_v = stats, *restrict scale_v = stats + c;
     float *restrict mean_g = stats + 2 * c, *restrict scale_g = stats + 3 * c;
     convolve(x, w_v, w_g, v, g, geo);
-    channel_means(v, hw, c, sum, mean_v);
-    channel_scales(v, mean_v, hw, c, eps, sum, scale_v);
-    channel_means(g, hw, c, sum, mean_g);
-    channel_scales(g, mean_g, hw, c, eps, sum, scale_g);
+    channel_means(v, hw, c, sum, part, mean_v);
+    channel_scales(v, mean_v, hw, c, eps, sum, part, scale_v);
+    channel_means(g, hw, c, sum, part, mean_g);
+    channel_scales(g, mean_g, hw, c, eps, sum, part, scale_g);
     for (long p = 0; p < hw; ++p) {
         const float *restrict vr = ROW(v, p, c), *restrict gr = ROW(g, p, c);
         float *restrict orow = ROW(out, p, c);
@@ -165,14 +189,14 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        float *scratch = malloc(sizeof(float) * 2 * out_size);
+        float *scratch = malloc(sizeof(float) * (2 * out_size + (size_t)channels));
         double *sum = malloc(sizeof(double) * (size_t)channels);
         failed = scratch == NULL || sum == NULL;
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
             forward_sample(x + n * in_size, w_v, w_g, out + n * out_size, stats + n * 4 * (size_t)channels,
-                           scratch, scratch + out_size, sum, &geo, eps);
+                           scratch, scratch + out_size, sum, scratch + 2 * out_size, &geo, eps);
         }
         free(scratch);
         free(sum);
@@ -196,23 +220,27 @@ static inline void route(float a, float b, float grad, float *to_a, float *to_b)
  * output gradient that reaches the normalised map y. */
 static void norm_backward(const float *restrict grad, float *restrict v, float *restrict g,
                           const float *restrict stats, long hw, long c, double *restrict sums,
-                          float *restrict coef)
+                          float *restrict part, float *restrict coef)
 {
     const float *restrict mean_v = stats, *restrict scale_v = stats + c;
     const float *restrict mean_g = stats + 2 * c, *restrict scale_g = stats + 3 * c;
-    double *restrict sum_v = sums, *restrict dot_v = sums + c, *restrict sum_g = sums + 2 * c, *restrict dot_g = sums + 3 * c;
+    float *restrict sum_v = part, *restrict dot_v = part + c, *restrict sum_g = part + 2 * c, *restrict dot_g = part + 3 * c;
     memset(sums, 0, sizeof(double) * 4 * (size_t)c);
-    for (long p = 0; p < hw; ++p) {
-        const float *restrict gr = ROW(grad, p, c), *restrict vr = ROW(v, p, c), *restrict wr = ROW(g, p, c);
-        for (long k = 0; k < c; ++k) {
-            const float a = (vr[k] - mean_v[k]) * scale_v[k], b = (wr[k] - mean_g[k]) * scale_g[k];
-            float to_a, to_b;
-            route(a, b, gr[k], &to_a, &to_b);
-            sum_v[k] += to_a;
-            dot_v[k] += (double)to_a * (double)a;
-            sum_g[k] += to_b;
-            dot_g[k] += (double)to_b * (double)b;
+    memset(part, 0, sizeof(float) * 4 * (size_t)c);
+    for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+        for (long p = p0; p < block_end(p0, hw); ++p) {
+            const float *restrict gr = ROW(grad, p, c), *restrict vr = ROW(v, p, c), *restrict wr = ROW(g, p, c);
+            for (long k = 0; k < c; ++k) {
+                const float a = (vr[k] - mean_v[k]) * scale_v[k], b = (wr[k] - mean_g[k]) * scale_g[k];
+                float to_a, to_b;
+                route(a, b, gr[k], &to_a, &to_b);
+                sum_v[k] += to_a;
+                dot_v[k] += to_a * a;
+                sum_g[k] += to_b;
+                dot_g[k] += to_b * b;
+            }
         }
+        flush(sums, part, 4 * c);
     }
     for (long k = 0; k < 4 * c; ++k) coef[k] = (float)(sums[k] / (double)hw);
     const float *restrict mean_dv = coef, *restrict mean_dv_a = coef + c;
@@ -305,6 +333,16 @@ static void convolve_backward(const float *restrict x, const float *restrict d_v
         }
 }
 
+/* The sum over threads of per-thread double arrays (`stride` apart), in thread order. */
+static void sum_threads(const double *partial, int threads, size_t size, size_t stride, float *out)
+{
+    for (size_t i = 0; i < size; ++i) {
+        double sum = 0.0;
+        for (int t = 0; t < threads; ++t) sum += partial[(size_t)t * stride + i];
+        out[i] = (float)sum;
+    }
+}
+
 int minnets_min_unit_backward(const float *grad, const float *x, const float *w_v, const float *w_g,
                               const float *stats, float *grad_x, float *grad_w_v, float *grad_w_g,
                               long batch, long height, long width, long channels, long kernel, long stride,
@@ -322,34 +360,28 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 4 * (size_t)channels));
+        float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels));
         double *sums = malloc(sizeof(double) * 4 * (size_t)channels);
         double *mine = partial + (size_t)omp_get_thread_num() * 2 * filter_size;
         failed = scratch == NULL || sums == NULL;
         float *v = scratch, *g = scratch + out_size, *dw = scratch + 2 * out_size, *coef = dw + 2 * filter_size;
+        float *part = coef + 4 * channels;
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
             const float *xs = x + n * in_size;
-            float *dxs = grad_x + n * in_size;
             convolve(xs, w_v, w_g, v, g, &geo);
             norm_backward(grad + n * out_size, v, g, stats + n * 4 * (size_t)channels,
-                          geo.out_height * geo.out_width, channels, sums, coef);
-            convolve_backward(xs, v, g, w_v, w_g, dxs, dw, dw + filter_size, &geo, rows, cols, input_is_relu);
+                          geo.out_height * geo.out_width, channels, sums, part, coef);
+            convolve_backward(xs, v, g, w_v, w_g, grad_x + n * in_size, dw, dw + filter_size, &geo, rows, cols,
+                              input_is_relu);
             for (size_t i = 0; i < 2 * filter_size; ++i) mine[i] += dw[i];
         }
         free(scratch);
         free(sums);
     }
-    for (size_t i = 0; i < filter_size; ++i) {
-        double sum_v = 0.0, sum_g = 0.0;
-        for (int t = 0; t < threads; ++t) {
-            sum_v += partial[(size_t)t * 2 * filter_size + i];
-            sum_g += partial[(size_t)t * 2 * filter_size + filter_size + i];
-        }
-        grad_w_v[i] = (float)sum_v;
-        grad_w_g[i] = (float)sum_g;
-    }
+    sum_threads(partial, threads, filter_size, 2 * filter_size, grad_w_v);
+    sum_threads(partial + filter_size, threads, filter_size, 2 * filter_size, grad_w_g);
     free(partial);
     free(rows);
     return failed;

@@ -1,0 +1,160 @@
+"""The native Min-unit kernel: its build and cache, its fallback, and its mathematics.
+
+The mathematics is checked against a float64 evaluation of the plain composition (two
+depthwise convs, ``F.instance_norm``, ReLU, ``torch.minimum``) over the geometries the kernel
+handles in its own code paths: filter sizes 1 to 7, strides 1 to 3, channel counts that do and
+do not fill its 8-wide vector chunks, maps down to one pixel, a single sample.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minnets import kernels
+from minnets.layers import MinUnit
+
+needs_compiler = pytest.mark.skipif(not kernels.available(), reason="no C compiler: native kernel not built")
+
+
+def plain_min_unit(x: torch.Tensor, unit: MinUnit) -> torch.Tensor:
+    """Written out, as ``F.instance_norm`` refuses the 1x1 maps the kernel must also handle."""
+    def branch(conv: torch.nn.Conv2d) -> torch.Tensor:
+        out = F.conv2d(x, conv.weight.double(), stride=conv.stride, padding=conv.padding, groups=conv.groups)
+        var, mean = torch.var_mean(out, dim=(2, 3), correction=0, keepdim=True)
+        return F.relu((out - mean) / torch.sqrt(var + unit.eps))
+    return torch.minimum(branch(unit.filter_v), branch(unit.filter_g))
+
+
+def gradients(unit: MinUnit, x: torch.Tensor, upstream: torch.Tensor, plain: bool = False, **kwargs
+              ) -> list[torch.Tensor]:
+    unit.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    out = plain_min_unit(x.double(), unit) if plain else unit(x, **kwargs)
+    out.backward(upstream.to(out.dtype))
+    return [out.detach(), x.grad, unit.filter_v.weight.grad, unit.filter_g.weight.grad]
+
+
+def assert_matches_float64(actual: list[torch.Tensor], expected: list[torch.Tensor], rel: float = 1e-5) -> None:
+    for name, a, e in zip(["output", "input.grad", "filter_v.grad", "filter_g.grad"], actual, expected):
+        scale = float(e.abs().max())
+        torch.testing.assert_close(a.double(), e.double(), rtol=rel, atol=rel * scale, msg=lambda m: f"{name}: {m}")
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("channels, size, batch", [(3, 7, 2), (8, 6, 3), (13, 5, 1), (16, 3, 2), (16, 1, 2)])
+def test_native_min_unit_matches_the_plain_composition(kernel_size, stride, channels, size, batch):
+    torch.manual_seed(kernel_size * 100 + stride * 10 + channels)
+    unit = MinUnit(channels, stride=stride, kernel_size=kernel_size)
+    x = torch.relu(torch.randn(batch, channels, size, size))
+    upstream = torch.randn_like(plain_min_unit(x.double(), unit))
+    assert_matches_float64(gradients(unit, x, upstream), gradients(unit, x, upstream, plain=True))
+
+
+@needs_compiler
+def test_native_one_by_one_filters():
+    """With 1x1 filters, instance norm cancels the filter's scale, so the filter gradients are
+    exactly 0 and only rounding noise is left to compare; outputs and input gradients match."""
+    torch.manual_seed(0)
+    unit = MinUnit(13, stride=2, kernel_size=1)
+    x = torch.relu(torch.randn(3, 13, 7, 7))
+    upstream = torch.randn(3, 13, 4, 4)
+    native, plain = gradients(unit, x, upstream), gradients(unit, x, upstream, plain=True)
+    assert_matches_float64(native[:2], plain[:2])
+
+
+@needs_compiler
+def test_input_is_relu_zeroes_the_input_gradient_where_the_input_is_zero():
+    """The promise MinBlock relies on to skip its expansion ReLU's backward pass."""
+    torch.manual_seed(0)
+    unit = MinUnit(12, stride=2)
+    x = torch.relu(torch.randn(3, 12, 9, 9))
+    upstream = torch.randn(3, 12, 5, 5)
+    plain = gradients(unit, x, upstream, plain=True)
+    plain[1] = plain[1] * (x > 0)
+    assert_matches_float64(gradients(unit, x, upstream, input_is_relu=True), plain)
+    with kernels.use_native(False):  # the PyTorch path keeps the same promise
+        assert_matches_float64(gradients(unit, x, upstream, input_is_relu=True), plain)
+
+
+@needs_compiler
+def test_results_do_not_depend_on_the_thread_count():
+    """Samples are independent and filter gradients are summed in a fixed order: maps are
+    bit-identical for any thread count, filter gradients equal to float rounding, and a repeat
+    with the same threads is bit-identical."""
+    torch.manual_seed(0)
+    unit = MinUnit(16, stride=2)
+    x, upstream = torch.relu(torch.randn(5, 16, 10, 10)), torch.randn(5, 16, 5, 5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gradients(unit, x, upstream)
+        torch.set_num_threads(2)
+        two, again = gradients(unit, x, upstream), gradients(unit, x, upstream)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    torch.testing.assert_close(one[2], two[2], rtol=1e-6, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(two, again))
+
+
+def test_filters_wider_than_the_kernel_takes_use_the_pytorch_path():
+    torch.manual_seed(0)
+    unit = MinUnit(4, kernel_size=9)
+    x = torch.relu(torch.randn(2, 4, 10, 10))
+    assert not kernels.usable(x.contiguous(memory_format=torch.channels_last), unit.filter_v.weight)
+    upstream = torch.randn(2, 4, 10, 10)
+    assert_matches_float64(gradients(unit, x, upstream), gradients(unit, x, upstream, plain=True))
+
+
+@needs_compiler
+def test_build_is_cached_per_source_flags_and_cpu(tmp_path):
+    first = kernels.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert first.parent == tmp_path and first.name.startswith("min_unit-") and first.suffix == ".so"
+    assert kernels.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [path.name for path in tmp_path.iterdir()] == [first.name]  # no partial files left
+
+
+def test_a_missing_compiler_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match=r"cannot compile min_unit\.c with .*no-such-cc"):
+        kernels.build(tmp_path / "cache")
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+USE_A_MIN_UNIT = """
+    import torch
+    from minnets import kernels
+    from minnets.layers import MinUnit
+    unit = MinUnit(4)
+    unit(torch.randn(2, 4, 5, 5)).sum().backward()
+    print(kernels.available(), unit.filter_v.weight.grad.abs().sum() > 0)
+"""
+
+
+def test_without_a_compiler_one_warning_and_the_pytorch_path(tmp_path):
+    result = run_python(USE_A_MIN_UNIT, CC=str(tmp_path / "no-such-cc"), MINNETS_CACHE=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "tensor(True)"]
+    assert result.stderr.count("native Min-unit kernel unavailable") == 1
+    assert "no-such-cc" in result.stderr and "C compiler" in result.stderr
+
+
+def test_minnets_native_0_turns_the_kernel_off_quietly(tmp_path):
+    result = run_python(USE_A_MIN_UNIT, MINNETS_NATIVE="0", MINNETS_CACHE=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "tensor(True)"]
+    assert "unavailable" not in result.stderr and not any(tmp_path.iterdir())
