@@ -17,6 +17,8 @@ A Min-block wraps it MobileNet-V2 style (paper Fig. 1, middle)::
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -197,14 +199,19 @@ class MinUnit(nn.Module):
         self.filter_v = nn.Conv2d(channels, channels, **conv)
         self.filter_g = nn.Conv2d(channels, channels, **conv)
 
+    def runs_natively(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` takes the native kernel for this channels-last input."""
+        return (kernels.usable(x, self.filter_v.weight, self.filter_g.weight)
+                and not (self.filter_v._forward_hooks or self.filter_g._forward_hooks))
+
     def forward(self, x: torch.Tensor, input_is_relu: bool = False) -> torch.Tensor:
         """``input_is_relu=True`` promises that ``x`` is a ReLU's output and asks for x's gradient
         already zeroed where ``x == 0``, so that the ReLU's own backward pass can be skipped."""
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-            weights = (self.filter_v.weight, self.filter_g.weight)
-            if kernels.usable(x, *weights) and not (self.filter_v._forward_hooks or self.filter_g._forward_hooks):
-                return _NativeMinUnit.apply(x, *weights, self.filter_v.stride[0], self.eps, input_is_relu)
+            if self.runs_natively(x):
+                return _NativeMinUnit.apply(x, self.filter_v.weight, self.filter_g.weight, self.filter_v.stride[0],
+                                            self.eps, input_is_relu)
         if input_is_relu:
             x = _ReluGradientMask.apply(x)
         return _NormReluMin.apply(self.filter_v(x), self.filter_g(x), self.eps)
@@ -238,6 +245,55 @@ def _matmul_t(rows: torch.Tensor, weight: torch.Tensor, relu: bool = False) -> t
     return out.clamp_(min=0) if relu else out
 
 
+class _Folded(NamedTuple):
+    """A 1x1 conv with its BatchNorm folded in (see :class:`_ExpandBNReLU`), as the backward needs it."""
+
+    ones: torch.Tensor  # (count, d_in + 1): [x - mu, 1] per pixel
+    w: torch.Tensor  # (f, d_in) the conv's weights, float64
+    gram: torch.Tensor  # (d_in, d_in): count * covariance of x, float64
+    scale: torch.Tensor  # (f,) 1 / sqrt(var + eps)
+    gain: torch.Tensor  # (f,) gamma * scale
+    folded: torch.Tensor  # (f, d_in) gain * w
+
+
+def _fold_forward(x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float
+                  ) -> tuple[_Folded, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The folded conv, ``ReLU(BN(W x))`` as rows, and the batch mean and unbiased variance."""
+    rows = _rows(x)
+    count, d_in = rows.shape
+    mean_x = rows.mean(dim=0)
+    ones = rows.new_empty(count, d_in + 1)  # [x - mu, 1]
+    torch.sub(rows, mean_x, out=ones[:, :d_in])
+    ones[:, d_in] = 1
+    gram = (ones.T @ ones)[:d_in, :d_in].double()  # count * covariance of x
+    w = weight.flatten(1).double()
+    var = ((w @ gram) * w).sum(dim=1) / count  # biased, as BN normalises with
+    scale = (var + eps).rsqrt()
+    gain = gamma.double() * scale
+    folded = gain[:, None] * w
+    # W x - W mu = W (x - mu): with the ones column the bias is part of the product.
+    out = _matmul_t(ones, torch.cat([folded, beta.double()[:, None]], dim=1).to(x.dtype), relu=True)
+    mean = (w @ mean_x.double()).to(x.dtype)
+    unbiased = (var * count / max(count - 1, 1)).to(x.dtype)
+    return _Folded(ones, w, gram, scale, gain, folded), out, mean, unbiased
+
+
+def _fold_backward(fold: _Folded, sums: torch.Tensor, dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of the conv weight, gamma and beta, and ``cross``, from ``sums = u^T [x - mu, 1]``
+    (``u``: the gradient at the BN output, where the ReLU let it through); x's gradient is then
+    ``[x - mu, 1] @ cross + u @ folded`` at every pixel."""
+    count, d_in = fold.ones.shape[0], fold.w.shape[1]
+    w, gain = fold.w, fold.gain
+    u_x, d_beta = sums[:, :d_in], sums[:, d_in]  # sum_m u_m (x_m - mu)^T, sum_m u_m
+    d_gamma = fold.scale * (u_x * w).sum(dim=1)  # sum_m u_m * normalised_m
+    k = gain * fold.scale * d_gamma / count
+    d_weight = gain[:, None] * u_x - k[:, None] * (w @ fold.gram)
+    # dx_m = W^T d(Wx)_m = folded^T u_m - W^T diag(k) W (x_m - mu) - W^T (gain * d_beta) / count
+    cross = torch.cat([-(w.T * k) @ w, -(w.T @ (gain * d_beta))[None] / count])  # (d_in + 1, d_in)
+    return d_weight.to(dtype).view(-1, d_in, 1, 1), d_gamma.to(dtype), d_beta.to(dtype), cross.to(dtype)
+
+
 class _ExpandBNReLU(torch.autograd.Function):
     """``ReLU(BN(W x))`` for a 1x1 conv ``W`` and a BatchNorm with batch statistics, in one pass.
 
@@ -258,24 +314,9 @@ class _ExpandBNReLU(torch.autograd.Function):
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
                 beta: torch.Tensor, eps: float, gradient_masked: bool
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = _rows(x)
-        count, d_in = rows.shape
-        mean_x = rows.mean(dim=0)
-        ones = rows.new_empty(count, d_in + 1)  # [x - mu, 1]
-        torch.sub(rows, mean_x, out=ones[:, :d_in])
-        ones[:, d_in] = 1
-        gram = (ones.T @ ones)[:d_in, :d_in].double()  # count * covariance of x
-        w = weight.flatten(1).double()
-        var = ((w @ gram) * w).sum(dim=1) / count  # biased, as BN normalises with
-        scale = (var + eps).rsqrt()
-        gain = gamma.double() * scale
-        folded = gain[:, None] * w
-        # W x - W mu = W (x - mu): with the ones column the bias is part of the product.
-        out = _matmul_t(ones, torch.cat([folded, beta.double()[:, None]], dim=1).to(x.dtype), relu=True)
-        ctx.save_for_backward(ones, w, gram, scale, gain, folded, out)
+        fold, out, mean, unbiased = _fold_forward(x, weight, gamma, beta, eps)
+        ctx.save_for_backward(*fold, out)
         ctx.gradient_masked = gradient_masked
-        mean = (w @ mean_x.double()).to(x.dtype)
-        unbiased = (var * count / max(count - 1, 1)).to(x.dtype)
         ctx.mark_non_differentiable(mean, unbiased)
         return _maps(out, x), mean, unbiased
 
@@ -284,33 +325,62 @@ class _ExpandBNReLU(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: FunctionCtx, grad: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
-        ones, w, gram, scale, gain, folded, out = ctx.saved_tensors
-        count, d_in = ones.shape[0], w.shape[1]
+        *saved, out = ctx.saved_tensors
+        fold = _Folded(*saved)
         # u: gradient at the BN output, where the ReLU let it through.
         u = _rows(grad.contiguous(memory_format=torch.channels_last))
         if not ctx.gradient_masked:
             u = torch.ops.aten.threshold_backward(u, out, 0)
-        sums = (u.T @ ones).double()
-        u_x, d_beta = sums[:, :d_in], sums[:, d_in]  # sum_m u_m (x_m - mu)^T, sum_m u_m
-        d_gamma = scale * (u_x * w).sum(dim=1)  # sum_m u_m * normalised_m
-        k = gain * scale * d_gamma / count
-        d_weight = gain[:, None] * u_x - k[:, None] * (w @ gram)
-        # dx_m = W^T d(Wx)_m = folded^T u_m - W^T diag(k) W (x_m - mu) - W^T (gain * d_beta) / count
-        cross = torch.cat([-(w.T * k) @ w, -(w.T @ (gain * d_beta))[None] / count])  # (d_in + 1, d_in)
-        dtype = u.dtype
-        d_rows = _matmul_t(ones, cross.T.to(dtype)).addmm_(u, folded.to(dtype))
-        return (_maps(d_rows, grad), d_weight.to(dtype).view(-1, d_in, 1, 1), d_gamma.to(dtype),
-                d_beta.to(dtype), None, None)
+        d_weight, d_gamma, d_beta, cross = _fold_backward(fold, (u.T @ fold.ones).double(), u.dtype)
+        d_rows = _matmul_t(fold.ones, cross.T).addmm_(u, fold.folded.to(u.dtype))
+        return _maps(d_rows, grad), d_weight, d_gamma, d_beta, None, None
 
 
-def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, gradient_masked: bool = False) -> torch.Tensor:
-    """``seq`` (1x1 conv, BatchNorm2d, ReLU) applied to a channels-last ``x``, BN folded into the conv.
+class _NativeExpandMinUnit(torch.autograd.Function):
+    """:class:`_ExpandBNReLU` followed by :class:`_NativeMinUnit`, with one fused backward.
+
+    The Min-unit kernel's backward pass goes on through the folded expansion while the gradient
+    at the expansion's output is still in the cache (:class:`minnets.kernels.Expansion`), so
+    that gradient, the widest of the block, is never written to memory nor read back by the
+    two matrix products of :class:`_ExpandBNReLU`'s backward.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                eps: float, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int, unit_eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fold, hidden, mean, unbiased = _fold_forward(x, weight, gamma, beta, eps)
+        hidden = _maps(hidden, x)
+        out, stats = kernels.min_unit_forward(hidden, weight_v, weight_g, stride, unit_eps)
+        ctx.save_for_backward(*fold, hidden, weight_v, weight_g, stats)
+        ctx.stride = stride
+        ctx.mark_non_differentiable(mean, unbiased)
+        return out, mean, unbiased
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx: FunctionCtx, grad: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor) -> tuple:
+        *saved, hidden, weight_v, weight_g, stats = ctx.saved_tensors
+        fold = _Folded(*saved)
+        expansion = kernels.Expansion(fold.ones, fold.folded.to(hidden.dtype).contiguous())
+        _, d_weight_v, d_weight_g = kernels.min_unit_backward(grad, hidden, weight_v, weight_g, stats, ctx.stride,
+                                                              True, expansion)
+        d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, hidden.dtype)
+        d_rows = expansion.grad_rows.addmm_(fold.ones, cross)
+        return _maps(d_rows, hidden), d_weight, d_gamma, d_beta, None, d_weight_v, d_weight_g, None, None
+
+
+def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = None) -> torch.Tensor:
+    """``seq`` (1x1 conv, BatchNorm2d, ReLU) applied to a channels-last ``x``, BN folded into the
+    conv, then the Min-unit ``then`` if given (which zeroes its input gradient where the ReLU was
+    off, so the ReLU's backward is skipped; with batch statistics and the native kernel the two
+    run as one autograd node, :class:`_NativeExpandMinUnit`).
 
     Reproduces :class:`nn.BatchNorm2d`'s bookkeeping: batch statistics in training mode (or
     without running statistics), the running averages and ``num_batches_tracked`` updated as it
     would, running statistics folded into the conv weights in evaluation mode.
-    ``gradient_masked``: the consumer of the output zeroes its gradient where the output is 0
-    (see :meth:`MinUnit.forward`), so the ReLU's backward is skipped in training mode.
     """
     conv, bn = seq[0], seq[1]
     factor = 0.0 if bn.momentum is None else bn.momentum
@@ -318,15 +388,22 @@ def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, gradient_masked: bool = F
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     if bn.training or bn.running_mean is None:
-        out, mean, var = _ExpandBNReLU.apply(x, conv.weight, bn.weight, bn.bias, bn.eps, gradient_masked)
+        if then is not None and then.runs_natively(x):
+            out, mean, var = _NativeExpandMinUnit.apply(x, conv.weight, bn.weight, bn.bias, bn.eps,
+                                                        then.filter_v.weight, then.filter_g.weight,
+                                                        then.filter_v.stride[0], then.eps)
+            then = None  # already applied
+        else:
+            out, mean, var = _ExpandBNReLU.apply(x, conv.weight, bn.weight, bn.bias, bn.eps, then is not None)
         if bn.training and bn.track_running_stats and bn.running_mean is not None:
             with torch.no_grad():
                 bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
                 bn.running_var.lerp_(var.to(bn.running_var.dtype), factor)
-        return out
-    gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    weight = conv.weight * gain.view(-1, 1, 1, 1)
-    return F.relu(F.conv2d(x, weight, bn.bias - bn.running_mean * gain), inplace=True)
+    else:
+        gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        weight = conv.weight * gain.view(-1, 1, 1, 1)
+        out = F.relu(F.conv2d(x, weight, bn.bias - bn.running_mean * gain), inplace=True)
+    return out if then is None else then(out, input_is_relu=True)
 
 
 def _foldable(seq: nn.Module) -> bool:
@@ -413,9 +490,10 @@ class MinBlock(nn.Module):
         if x.device.type != "cpu":
             return self.shortcut(x) + self.reduce(self.min_unit(self.expand(x)))
         wide = x.contiguous(memory_format=torch.channels_last)
-        folded = _foldable(self.expand)
-        hidden = _conv_bn_relu(self.expand, wide, gradient_masked=True) if folded else self.expand(wide)
-        branch = self.reduce(self.min_unit(hidden, input_is_relu=folded))
+        if _foldable(self.expand):
+            branch = self.reduce(_conv_bn_relu(self.expand, wide, then=self.min_unit))
+        else:
+            branch = self.reduce(self.min_unit(self.expand(wide)))
         last = x.is_contiguous(memory_format=torch.channels_last)
         if self.shortcut.projection is None:  # the sum takes the format of its first term, x's
             return self.shortcut(x) + (branch if last else _ChannelsLastGradient.apply(branch))

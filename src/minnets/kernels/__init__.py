@@ -29,11 +29,12 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "usable", "use_native", "min_unit_forward", "min_unit_backward", "build"]
+__all__ = ["available", "usable", "use_native", "min_unit_forward", "min_unit_backward", "Expansion", "build"]
 
 SOURCE = Path(__file__).with_name("min_unit.c")
 MAX_KERNEL = 7  # as MAX_KERNEL in the source
@@ -117,7 +118,8 @@ def _load() -> ctypes.CDLL | None:
             return None
         pointer, size = ctypes.c_void_p, ctypes.c_long
         library.minnets_min_unit_forward.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
-        library.minnets_min_unit_backward.argtypes = [pointer] * 8 + [size] * 6 + [ctypes.c_int] * 2
+        library.minnets_min_unit_backward.argtypes = ([pointer] * 8 + [size] * 6 + [ctypes.c_int] + [pointer] * 4
+                                                      + [size, ctypes.c_int])
         _library = library
         return library
 
@@ -176,18 +178,47 @@ def min_unit_forward(x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Te
 
 
 def min_unit_backward(grad: torch.Tensor, x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor,
-                      stats: torch.Tensor, stride: int, input_is_relu: bool
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of ``x`` and both filter banks; ``input_is_relu`` zeroes x's where ``x == 0``."""
+                      stats: torch.Tensor, stride: int, input_is_relu: bool, expansion: Expansion | None = None
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Gradients of ``x`` and both filter banks; ``input_is_relu`` zeroes x's where ``x == 0``.
+
+    With an ``expansion`` (``x`` is its ReLU output), x's gradient is not returned (None): the
+    kernel goes on through the expansion and fills ``expansion.grad_rows`` and ``.sums``.
+    """
     n, c, h, w = x.shape
     k = weight_v.shape[-1]
     grad = grad.contiguous(memory_format=torch.channels_last)
-    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+    grad_x = None if expansion is not None else torch.empty_like(x, memory_format=torch.channels_last)
     taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
     grad_v, grad_g = torch.zeros(k * k, c), torch.zeros(k * k, c)
-    if grad_x.numel():
+    if x.numel():
+        expand = ((expansion.rows.data_ptr(), expansion.folded.data_ptr(), expansion.grad_rows.data_ptr(),
+                   expansion.sums.data_ptr(), expansion.folded.shape[1]) if expansion is not None
+                  else (None, None, None, None, 0))
         _check(_load().minnets_min_unit_backward(
             grad.data_ptr(), x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), stats.data_ptr(),
-            grad_x.data_ptr(), grad_v.data_ptr(), grad_g.data_ptr(), n, h, w, c, k, stride, int(input_is_relu),
-            torch.get_num_threads()))
+            None if grad_x is None else grad_x.data_ptr(), grad_v.data_ptr(), grad_g.data_ptr(),
+            n, h, w, c, k, stride, int(input_is_relu or expansion is not None), *expand, torch.get_num_threads()))
     return grad_x, grad_v.t().reshape_as(weight_v), grad_g.t().reshape_as(weight_g)
+
+
+@dataclass
+class Expansion:
+    """The BatchNorm-folded 1x1 expansion whose ReLU output feeds the unit, for a fused backward.
+
+    Inputs: ``rows``, the expansion's input minus its batch mean with a column of ones,
+    ``(pixels, d_in + 1)`` in channels-last pixel order, and ``folded``, its folded weights
+    ``(channels, d_in)``; both float32 and contiguous. Outputs, allocated here: ``grad_rows``
+    ``(pixels, d_in)`` receives ``folded^T u`` at every pixel and ``sums`` ``(channels, d_in + 1)``
+    (float64) receives ``u^T rows``, with ``u`` the gradient at the expansion's ReLU output.
+    """
+
+    rows: torch.Tensor
+    folded: torch.Tensor
+    grad_rows: torch.Tensor = field(init=False)
+    sums: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        pixels, width = self.rows.shape
+        self.grad_rows = self.rows.new_empty(pixels, width - 1)
+        self.sums = torch.zeros(self.folded.shape[0], width, dtype=torch.float64)

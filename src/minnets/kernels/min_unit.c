@@ -333,6 +333,107 @@ static void convolve_backward(const float *restrict x, const float *restrict d_v
         }
 }
 
+/* The 1x1 expansion (BatchNorm folded in) whose ReLU output is the unit's input, for fusing
+ * its backward pass: while u, the gradient at that ReLU output (already zero where the ReLU
+ * was off), is in the cache, x's gradient through the folded weights, folded^T u, and the
+ * sums u^T [x - mean, 1] that the BatchNorm's backward needs are computed from it, so u is
+ * never written to memory. Both are small matrix products, done in register tiles. */
+typedef struct {
+    const float *rows;   /* (pixels, d_in + 1): [x - mean, 1] */
+    const float *folded; /* (channels, padded_in): folded weights, zero beyond d_in */
+    float *grad_rows;    /* (pixels, d_in) out: folded^T u */
+    long d_in, padded_in, padded_rows;  /* padded_in: d_in up to 16s; padded_rows: d_in + 1 up to 8s */
+} Expansion;
+
+#define SUM_TILE_M 4  /* the sums' register tile: 4 channels x up to 3 vectors of row entries */
+
+/* sums[m][j] += u[p][m] * rows[p][j] for p in [p0, p1), channels [m0, m0 + mr), entries
+ * [j0, j0 + 8 * jn), accumulated in float registers, then added to the double sums. */
+INLINE void expansion_sums_tile(const float *restrict u, const float *restrict rows, double *restrict sums, long c,
+                                long width, long p0, long p1, long m0, int mr, long j0, int jn)
+{
+    vec acc[SUM_TILE_M][3] = {{{0}}};
+    for (long p = p0; p < p1; ++p) {
+        vec r[3];
+        for (int jv = 0; jv < jn; ++jv) r[jv] = load(ROW(rows, p, width) + j0 + CHUNK * jv, CHUNK);
+        for (int mi = 0; mi < mr; ++mi) {
+            const float up = ROW(u, p, c)[m0 + mi];
+            for (int jv = 0; jv < jn; ++jv) acc[mi][jv] += up * r[jv];
+        }
+    }
+    for (int mi = 0; mi < mr; ++mi)
+        for (int jv = 0; jv < jn; ++jv)
+            for (int l = 0; l < CHUNK; ++l) ROW(sums, m0 + mi, width)[j0 + CHUNK * jv + l] += acc[mi][jv][l];
+}
+
+/* Dispatch to tiles with a compile-time shape, so that the accumulators live in registers. */
+INLINE void expansion_sums_block(const float *u, const float *rows, double *sums, long c, long width, long p0,
+                                 long p1)
+{
+    for (long m0 = 0; m0 < c; m0 += SUM_TILE_M)
+        for (long j0 = 0; j0 < width; j0 += 3 * CHUNK) {
+            const long left = (width - j0) / CHUNK;
+            const int full = c - m0 >= SUM_TILE_M;
+            if (left >= 3) {
+                if (full) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m0, SUM_TILE_M, j0, 3);
+                else for (long m = m0; m < c; ++m) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m, 1, j0, 3);
+            } else if (left == 2) {
+                if (full) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m0, SUM_TILE_M, j0, 2);
+                else for (long m = m0; m < c; ++m) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m, 1, j0, 2);
+            } else {
+                if (full) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m0, SUM_TILE_M, j0, 1);
+                else for (long m = m0; m < c; ++m) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m, 1, j0, 1);
+            }
+        }
+}
+
+#define GATHER_TILE_P 4  /* x's gradient: a register tile of 4 pixels x 16 inputs */
+
+/* grad_rows[p][j] = sum_m u[p][m] * folded[m][j] for pixels [p0, p0 + pn), inputs [j0, j0 + 16). */
+INLINE void expansion_gather_tile(const float *restrict u, const Expansion *e, float *restrict grad_rows, long c,
+                                  long p0, int pn, long j0)
+{
+    vec acc[GATHER_TILE_P][2] = {{{0}}};
+    for (long m = 0; m < c; ++m) {
+        const vec f0 = load(ROW(e->folded, m, e->padded_in) + j0, CHUNK);
+        const vec f1 = load(ROW(e->folded, m, e->padded_in) + j0 + CHUNK, CHUNK);
+        for (int pi = 0; pi < pn; ++pi) {
+            const float up = ROW(u, p0 + pi, c)[m];
+            acc[pi][0] += up * f0;
+            acc[pi][1] += up * f1;
+        }
+    }
+    for (int pi = 0; pi < pn; ++pi) {
+        float *restrict out = ROW(grad_rows, p0 + pi, e->d_in) + j0;
+        const long left = e->d_in - j0;
+        if (left >= 2 * CHUNK) {
+            store(out, acc[pi][0], CHUNK);
+            store(out + CHUNK, acc[pi][1], CHUNK);
+        } else {
+            float tile[2 * CHUNK];
+            memcpy(tile, acc[pi], sizeof(tile));
+            for (long l = 0; l < left; ++l) out[l] = tile[l];
+        }
+    }
+}
+
+/* One sample of the expansion's backward; `padded` is a per-thread (hw, padded_rows) buffer. */
+static void expansion_backward(const float *restrict u, const float *restrict rows, float *restrict grad_rows,
+                               double *restrict sums, float *restrict padded, const Expansion *e, long hw, long c)
+{
+    const long width = e->d_in + 1;
+    for (long p = 0; p < hw; ++p) {  /* rows with zero entries up to a whole vector */
+        memcpy(ROW(padded, p, e->padded_rows), ROW(rows, p, width), sizeof(float) * (size_t)width);
+        memset(ROW(padded, p, e->padded_rows) + width, 0, sizeof(float) * (size_t)(e->padded_rows - width));
+    }
+    for (long p0 = 0; p0 < hw; p0 += BLOCK) expansion_sums_block(u, padded, sums, c, e->padded_rows, p0, block_end(p0, hw));
+    for (long j0 = 0; j0 < e->d_in; j0 += 2 * CHUNK) {
+        long p0 = 0;
+        for (; p0 + GATHER_TILE_P <= hw; p0 += GATHER_TILE_P) expansion_gather_tile(u, e, grad_rows, c, p0, GATHER_TILE_P, j0);
+        for (; p0 < hw; ++p0) expansion_gather_tile(u, e, grad_rows, c, p0, 1, j0);
+    }
+}
+
 /* The sum over threads of per-thread double arrays (`stride` apart), in thread order. */
 static void sum_threads(const double *partial, int threads, size_t size, size_t stride, float *out)
 {
@@ -343,29 +444,44 @@ static void sum_threads(const double *partial, int threads, size_t size, size_t 
     }
 }
 
+/* The unit's backward. Without an expansion (expand_rows == NULL), x's gradient goes to
+ * grad_x. With one (see Expansion), x is that expansion's ReLU output and must be masked
+ * (input_is_relu), grad_x is not used, and the expansion's input gradient goes to
+ * expand_grad_rows and its sums u^T [x - mean, 1] to expand_sums ((channels, d_in + 1), double). */
 int minnets_min_unit_backward(const float *grad, const float *x, const float *w_v, const float *w_g,
                               const float *stats, float *grad_x, float *grad_w_v, float *grad_w_g,
                               long batch, long height, long width, long channels, long kernel, long stride,
-                              int input_is_relu, int threads)
+                              int input_is_relu, const float *expand_rows, const float *expand_folded,
+                              float *expand_grad_rows, double *expand_sums, long d_in, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
-    const size_t in_size = (size_t)(height * width * channels);
+    const long hw = height * width;
+    const size_t in_size = (size_t)(hw * channels);
     const size_t out_size = (size_t)(geo.out_height * geo.out_width * channels);
     const size_t filter_size = (size_t)(kernel * kernel * channels);
-    double *partial = calloc((size_t)threads * 2 * filter_size, sizeof(double));  /* per thread: dw_v, dw_g */
+    const int fused = expand_rows != NULL;
+    Expansion e = {expand_rows, NULL, expand_grad_rows, d_in, (d_in + 15) / 16 * 16, (d_in + 1 + 7) / 8 * 8};
+    const size_t sums_size = fused ? (size_t)(channels * e.padded_rows) : 0;
+    const size_t per_thread = 2 * filter_size + sums_size;  /* dw_v, dw_g, expansion sums */
+    double *partial = calloc((size_t)threads * per_thread, sizeof(double));
     AxisCover *rows = malloc(sizeof(AxisCover) * (size_t)(height + width)), *cols = rows + height;
-    if (partial == NULL || rows == NULL) { free(partial); free(rows); return 1; }
+    float *folded = fused ? calloc((size_t)(channels * e.padded_in), sizeof(float)) : NULL;
+    if (partial == NULL || rows == NULL || (fused && folded == NULL)) { free(partial); free(rows); free(folded); return 1; }
+    for (long m = 0; fused && m < channels; ++m)
+        memcpy(ROW(folded, m, e.padded_in), ROW(expand_folded, m, d_in), sizeof(float) * (size_t)d_in);
+    e.folded = folded;
     axis_covers(rows, height, geo.out_height, &geo);
     axis_covers(cols, width, geo.out_width, &geo);
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels));
+        const size_t fused_size = fused ? in_size + (size_t)(hw * e.padded_rows) : 0;  /* u, padded rows */
+        float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels + fused_size));
         double *sums = malloc(sizeof(double) * 4 * (size_t)channels);
-        double *mine = partial + (size_t)omp_get_thread_num() * 2 * filter_size;
+        double *mine = partial + (size_t)omp_get_thread_num() * per_thread;
         failed = scratch == NULL || sums == NULL;
         float *v = scratch, *g = scratch + out_size, *dw = scratch + 2 * out_size, *coef = dw + 2 * filter_size;
-        float *part = coef + 4 * channels;
+        float *part = coef + 4 * channels, *u = part + 4 * channels, *padded = u + in_size;
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
@@ -373,16 +489,26 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
             convolve(xs, w_v, w_g, v, g, &geo);
             norm_backward(grad + n * out_size, v, g, stats + n * 4 * (size_t)channels,
                           geo.out_height * geo.out_width, channels, sums, part, coef);
-            convolve_backward(xs, v, g, w_v, w_g, grad_x + n * in_size, dw, dw + filter_size, &geo, rows, cols,
-                              input_is_relu);
+            convolve_backward(xs, v, g, w_v, w_g, fused ? u : grad_x + n * in_size, dw, dw + filter_size, &geo, rows,
+                              cols, input_is_relu);
             for (size_t i = 0; i < 2 * filter_size; ++i) mine[i] += dw[i];
+            if (fused)
+                expansion_backward(u, expand_rows + (size_t)(n * hw * (d_in + 1)), expand_grad_rows + (size_t)(n * hw * d_in),
+                                   mine + 2 * filter_size, padded, &e, hw, channels);
         }
         free(scratch);
         free(sums);
     }
-    sum_threads(partial, threads, filter_size, 2 * filter_size, grad_w_v);
-    sum_threads(partial + filter_size, threads, filter_size, 2 * filter_size, grad_w_g);
+    sum_threads(partial, threads, filter_size, per_thread, grad_w_v);
+    sum_threads(partial + filter_size, threads, filter_size, per_thread, grad_w_g);
+    for (long m = 0; fused && m < channels; ++m)  /* unpadded, in double */
+        for (long j = 0; j <= d_in; ++j) {
+            double sum = 0.0;
+            for (int t = 0; t < threads; ++t) sum += partial[(size_t)t * per_thread + 2 * filter_size + (size_t)(m * e.padded_rows + j)];
+            expand_sums[m * (d_in + 1) + j] = sum;
+        }
     free(partial);
     free(rows);
+    free(folded);
     return failed;
 }
