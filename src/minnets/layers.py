@@ -135,7 +135,7 @@ class _NativeMinUnit(torch.autograd.Function):
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None, None]:
         x, weight_v, weight_g, stats = ctx.saved_tensors
         grads = kernels.min_unit_backward(grad, x, weight_v, weight_g, stats, ctx.stride, ctx.input_is_relu)
-        return (*grads, None, None, None)
+        return (*grads[:3], None, None, None)
 
 
 class _ReluGradientMask(torch.autograd.Function):
@@ -337,23 +337,26 @@ class _ExpandBNReLU(torch.autograd.Function):
 
 
 class _NativeExpandMinUnit(torch.autograd.Function):
-    """:class:`_ExpandBNReLU` followed by :class:`_NativeMinUnit`, with one fused backward.
+    """A Min-block's residual branch up to its last BatchNorm as one native node: the expansion
+    (:class:`_ExpandBNReLU`'s folded 1x1 conv, BatchNorm and ReLU), the Min-unit, and the
+    reduction's 1x1 conv.
 
-    The Min-unit kernel's backward pass goes on through the folded expansion while the gradient
-    at the expansion's output is still in the cache (:class:`minnets.kernels.Expansion`), so
-    that gradient, the widest of the block, is never written to memory nor read back by the
-    two matrix products of :class:`_ExpandBNReLU`'s backward.
+    The kernel computes the reduction in the forward pass while the unit's output is in the
+    cache, and in the backward pass goes on from the reduction's output gradient through the
+    unit and the expansion (:class:`minnets.kernels.Expansion`), so that the block's widest maps
+    (the expansion's output gradient, the unit's output and its gradient) never cross main
+    memory. The expansion's output itself is written once, in the forward pass, and saved.
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
-                eps: float, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int, unit_eps: float
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                eps: float, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int, unit_eps: float,
+                reduce_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fold, hidden, mean, unbiased = _fold_forward(x, weight, gamma, beta, eps)
         hidden = _maps(hidden, x)
-        out, stats = kernels.min_unit_forward(hidden, weight_v, weight_g, stride, unit_eps)
-        ctx.save_for_backward(*fold, hidden, weight_v, weight_g, stats)
+        out, stats = kernels.min_unit_forward(hidden, weight_v, weight_g, stride, unit_eps, reduce_weight)
+        ctx.save_for_backward(*fold, hidden, weight_v, weight_g, stats, reduce_weight)
         ctx.stride = stride
         ctx.mark_non_differentiable(mean, unbiased)
         return out, mean, unbiased
@@ -362,21 +365,24 @@ class _NativeExpandMinUnit(torch.autograd.Function):
     @once_differentiable
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: FunctionCtx, grad: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor) -> tuple:
-        *saved, hidden, weight_v, weight_g, stats = ctx.saved_tensors
+        *saved, hidden, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
         fold = _Folded(*saved)
         expansion = kernels.Expansion(fold.ones, fold.folded.to(hidden.dtype).contiguous())
-        _, d_weight_v, d_weight_g = kernels.min_unit_backward(grad, hidden, weight_v, weight_g, stats, ctx.stride,
-                                                              True, expansion)
+        _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
+            grad, hidden, weight_v, weight_g, stats, ctx.stride, True, expansion, reduce_weight)
         d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, hidden.dtype)
         d_rows = expansion.grad_rows.addmm_(fold.ones, cross)
-        return _maps(d_rows, hidden), d_weight, d_gamma, d_beta, None, d_weight_v, d_weight_g, None, None
+        return (_maps(d_rows, hidden), d_weight, d_gamma, d_beta, None, d_weight_v, d_weight_g, None, None,
+                d_reduce)
 
 
-def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = None) -> torch.Tensor:
+def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = None,
+                  reduce: nn.Sequential | None = None) -> torch.Tensor:
     """``seq`` (1x1 conv, BatchNorm2d, ReLU) applied to a channels-last ``x``, BN folded into the
-    conv, then the Min-unit ``then`` if given (which zeroes its input gradient where the ReLU was
-    off, so the ReLU's backward is skipped; with batch statistics and the native kernel the two
-    run as one autograd node, :class:`_NativeExpandMinUnit`).
+    conv; then the Min-unit ``then`` and the module ``reduce``, if given. The unit zeroes its
+    input gradient where the ReLU was off, so the ReLU's backward is skipped; with batch
+    statistics and the native kernel, the expansion, the unit and a plain 1x1 conv starting
+    ``reduce`` run as one autograd node (:class:`_NativeExpandMinUnit`).
 
     Reproduces :class:`nn.BatchNorm2d`'s bookkeeping: batch statistics in training mode (or
     without running statistics), the running averages and ``num_batches_tracked`` updated as it
@@ -388,11 +394,11 @@ def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = No
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     if bn.training or bn.running_mean is None:
-        if then is not None and then.runs_natively(x):
+        if then is not None and reduce is not None and _foldable(reduce) and then.runs_natively(x):
             out, mean, var = _NativeExpandMinUnit.apply(x, conv.weight, bn.weight, bn.bias, bn.eps,
                                                         then.filter_v.weight, then.filter_g.weight,
-                                                        then.filter_v.stride[0], then.eps)
-            then = None  # already applied
+                                                        then.filter_v.stride[0], then.eps, reduce[0].weight)
+            then, reduce = None, reduce[1:]  # applied: the unit and the reduction's conv
         else:
             out, mean, var = _ExpandBNReLU.apply(x, conv.weight, bn.weight, bn.bias, bn.eps, then is not None)
         if bn.training and bn.track_running_stats and bn.running_mean is not None:
@@ -403,7 +409,9 @@ def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = No
         gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
         weight = conv.weight * gain.view(-1, 1, 1, 1)
         out = F.relu(F.conv2d(x, weight, bn.bias - bn.running_mean * gain), inplace=True)
-    return out if then is None else then(out, input_is_relu=True)
+    if then is not None:
+        out = then(out, input_is_relu=True)
+    return out if reduce is None else reduce(out)
 
 
 def _foldable(seq: nn.Module) -> bool:
@@ -491,7 +499,7 @@ class MinBlock(nn.Module):
             return self.shortcut(x) + self.reduce(self.min_unit(self.expand(x)))
         wide = x.contiguous(memory_format=torch.channels_last)
         if _foldable(self.expand):
-            branch = self.reduce(_conv_bn_relu(self.expand, wide, then=self.min_unit))
+            branch = _conv_bn_relu(self.expand, wide, then=self.min_unit, reduce=self.reduce)
         else:
             branch = self.reduce(self.min_unit(self.expand(wide)))
         last = x.is_contiguous(memory_format=torch.channels_last)

@@ -117,9 +117,10 @@ def _load() -> ctypes.CDLL | None:
                           stacklevel=3)
             return None
         pointer, size = ctypes.c_void_p, ctypes.c_long
-        library.minnets_min_unit_forward.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
+        library.minnets_min_unit_forward.argtypes = ([pointer] * 5 + [size] * 6 + [ctypes.c_float, pointer, size,
+                                                                                     ctypes.c_int])
         library.minnets_min_unit_backward.argtypes = ([pointer] * 8 + [size] * 6 + [ctypes.c_int] + [pointer] * 4
-                                                      + [size, ctypes.c_int])
+                                                      + [size] + [pointer] * 2 + [size, ctypes.c_int])
         _library = library
         return library
 
@@ -161,36 +162,49 @@ def _taps(weight: torch.Tensor) -> torch.Tensor:
 
 
 def min_unit_forward(x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``min(ReLU(IN(w_v * x)), ReLU(IN(w_g * x)))`` and the per-sample statistics the backward needs."""
+                     eps: float, reduce_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``min(ReLU(IN(w_v * x)), ReLU(IN(w_g * x)))`` and the per-sample statistics the backward needs.
+
+    With ``reduce_weight`` (a 1x1 conv ``(d_out, channels, 1, 1)``), the output is that conv
+    applied to the unit's output, which itself is never written to memory.
+    """
     n, c, h, w = x.shape
     k = weight_v.shape[-1]
     pad = k // 2  # as the module's convs: "same" padding for odd k
     size = ((h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
-    out = torch.empty(n, c, *size, memory_format=torch.channels_last)
+    d_out = c if reduce_weight is None else reduce_weight.shape[0]
+    out = torch.empty(n, d_out, *size, memory_format=torch.channels_last)
     stats = x.new_empty(n, 4, c)
     taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
+    reduce_t = None if reduce_weight is None else reduce_weight.detach().reshape(d_out, c).t().contiguous()
     if out.numel():
         _check(_load().minnets_min_unit_forward(
             x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), out.data_ptr(), stats.data_ptr(),
-            n, h, w, c, k, stride, eps, torch.get_num_threads()))
+            n, h, w, c, k, stride, eps, None if reduce_t is None else reduce_t.data_ptr(), d_out,
+            torch.get_num_threads()))
     return out, stats
 
 
 def min_unit_backward(grad: torch.Tensor, x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor,
-                      stats: torch.Tensor, stride: int, input_is_relu: bool, expansion: Expansion | None = None
-                      ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Gradients of ``x`` and both filter banks; ``input_is_relu`` zeroes x's where ``x == 0``.
+                      stats: torch.Tensor, stride: int, input_is_relu: bool, expansion: Expansion | None = None,
+                      reduce_weight: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients of ``x``, both filter banks and ``reduce_weight`` (None without it).
 
-    With an ``expansion`` (``x`` is its ReLU output), x's gradient is not returned (None): the
-    kernel goes on through the expansion and fills ``expansion.grad_rows`` and ``.sums``.
+    ``input_is_relu`` zeroes x's gradient where ``x == 0``. With ``reduce_weight`` (as in
+    :func:`min_unit_forward`), ``grad`` is the gradient at the reduction's output. With an
+    ``expansion`` (``x`` is its ReLU output), x's gradient is not returned (None): the kernel
+    goes on through the expansion and fills ``expansion.grad_rows`` and ``expansion.sums``.
     """
     n, c, h, w = x.shape
     k = weight_v.shape[-1]
+    d_out = 0 if reduce_weight is None else reduce_weight.shape[0]
     grad = grad.contiguous(memory_format=torch.channels_last)
     grad_x = None if expansion is not None else torch.empty_like(x, memory_format=torch.channels_last)
     taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
     grad_v, grad_g = torch.zeros(k * k, c), torch.zeros(k * k, c)
+    reduce = None if reduce_weight is None else reduce_weight.detach().reshape(d_out, c).contiguous()
+    grad_reduce = None if reduce_weight is None else torch.zeros(d_out, c, dtype=torch.float64)
     if x.numel():
         expand = ((expansion.rows.data_ptr(), expansion.folded.data_ptr(), expansion.grad_rows.data_ptr(),
                    expansion.sums.data_ptr(), expansion.folded.shape[1]) if expansion is not None
@@ -198,8 +212,12 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor, weight_v: torch.Tenso
         _check(_load().minnets_min_unit_backward(
             grad.data_ptr(), x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), stats.data_ptr(),
             None if grad_x is None else grad_x.data_ptr(), grad_v.data_ptr(), grad_g.data_ptr(),
-            n, h, w, c, k, stride, int(input_is_relu or expansion is not None), *expand, torch.get_num_threads()))
-    return grad_x, grad_v.t().reshape_as(weight_v), grad_g.t().reshape_as(weight_g)
+            n, h, w, c, k, stride, int(input_is_relu), *expand,
+            None if reduce is None else reduce.data_ptr(), None if grad_reduce is None else grad_reduce.data_ptr(),
+            d_out, torch.get_num_threads()))
+    if grad_reduce is not None:
+        grad_reduce = grad_reduce.to(reduce_weight.dtype).view_as(reduce_weight)
+    return grad_x, grad_v.t().reshape_as(weight_v), grad_g.t().reshape_as(weight_g), grad_reduce
 
 
 @dataclass

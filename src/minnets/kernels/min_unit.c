@@ -158,6 +158,22 @@ static inline float relu_min(float a, float b)
     return (m > 0.0f || m != m) ? m : 0.0f;
 }
 
+/* The unit's output rows from the filter outputs and their statistics, `width` floats apart
+ * (channels c, then zeros up to width). */
+static void min_output(const float *restrict v, const float *restrict g, const float *restrict stats,
+                       float *restrict out, long hw, long c, long width)
+{
+    const float *restrict mean_v = stats, *restrict scale_v = stats + c;
+    const float *restrict mean_g = stats + 2 * c, *restrict scale_g = stats + 3 * c;
+    for (long p = 0; p < hw; ++p) {
+        const float *restrict vr = ROW(v, p, c), *restrict gr = ROW(g, p, c);
+        float *restrict orow = ROW(out, p, width);
+        for (long k = 0; k < c; ++k)
+            orow[k] = relu_min((vr[k] - mean_v[k]) * scale_v[k], (gr[k] - mean_g[k]) * scale_g[k]);
+        for (long k = c; k < width; ++k) orow[k] = 0.0f;
+    }
+}
+
 /* One sample: both filters, their statistics, then the output. */
 static void forward_sample(const float *restrict x, const float *restrict w_v, const float *restrict w_g,
                            float *restrict out, float *restrict stats, float *restrict v, float *restrict g,
@@ -171,37 +187,7 @@ static void forward_sample(const float *restrict x, const float *restrict w_v, c
     channel_scales(v, mean_v, hw, c, eps, sum, part, scale_v);
     channel_means(g, hw, c, sum, part, mean_g);
     channel_scales(g, mean_g, hw, c, eps, sum, part, scale_g);
-    for (long p = 0; p < hw; ++p) {
-        const float *restrict vr = ROW(v, p, c), *restrict gr = ROW(g, p, c);
-        float *restrict orow = ROW(out, p, c);
-        for (long k = 0; k < c; ++k)
-            orow[k] = relu_min((vr[k] - mean_v[k]) * scale_v[k], (gr[k] - mean_g[k]) * scale_g[k]);
-    }
-}
-
-int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g, float *out, float *stats,
-                             long batch, long height, long width, long channels, long kernel, long stride,
-                             float eps, int threads)
-{
-    const Geometry geo = geometry(height, width, channels, kernel, stride);
-    const size_t in_size = (size_t)(height * width * channels);
-    const size_t out_size = (size_t)(geo.out_height * geo.out_width * channels);
-    int failed = 0;
-    #pragma omp parallel num_threads(threads) reduction(|:failed)
-    {
-        float *scratch = malloc(sizeof(float) * (2 * out_size + (size_t)channels));
-        double *sum = malloc(sizeof(double) * (size_t)channels);
-        failed = scratch == NULL || sum == NULL;
-        #pragma omp for schedule(static)
-        for (long n = 0; n < batch; ++n) {
-            if (failed) continue;
-            forward_sample(x + n * in_size, w_v, w_g, out + n * out_size, stats + n * 4 * (size_t)channels,
-                           scratch, scratch + out_size, sum, scratch + 2 * out_size, &geo, eps);
-        }
-        free(scratch);
-        free(sum);
-    }
-    return failed;
+    min_output(v, g, stats, out, hw, c, c);
 }
 
 /* How much of the output gradient reaches a and b, PyTorch's conventions: none where the
@@ -333,24 +319,17 @@ static void convolve_backward(const float *restrict x, const float *restrict d_v
         }
 }
 
-/* The 1x1 expansion (BatchNorm folded in) whose ReLU output is the unit's input, for fusing
- * its backward pass: while u, the gradient at that ReLU output (already zero where the ReLU
- * was off), is in the cache, x's gradient through the folded weights, folded^T u, and the
- * sums u^T [x - mean, 1] that the BatchNorm's backward needs are computed from it, so u is
- * never written to memory. Both are small matrix products, done in register tiles. */
-typedef struct {
-    const float *rows;   /* (pixels, d_in + 1): [x - mean, 1] */
-    const float *folded; /* (channels, padded_in): folded weights, zero beyond d_in */
-    float *grad_rows;    /* (pixels, d_in) out: folded^T u */
-    long d_in, padded_in, padded_rows;  /* padded_in: d_in up to 16s; padded_rows: d_in + 1 up to 8s */
-} Expansion;
+/* Small matrix products around the unit, done in register tiles while their operands are in
+ * the cache: the 1x1 expansion before it (BatchNorm folded in) and the 1x1 reduction after it.
+ * Fusing them means that the widest maps of a Min-block, the expansion's output and its
+ * gradient, and the unit's output and its gradient, never cross main memory. */
 
-#define SUM_TILE_M 4  /* the sums' register tile: 4 channels x up to 3 vectors of row entries */
+#define SUM_TILE_M 4  /* outer_sums: a register tile of 4 rows x up to 3 vectors */
 
-/* sums[m][j] += u[p][m] * rows[p][j] for p in [p0, p1), channels [m0, m0 + mr), entries
+/* sums[m][j] += u[p][m] * rows[p][j] for p in [p0, p1), m in [m0, m0 + mr), j in
  * [j0, j0 + 8 * jn), accumulated in float registers, then added to the double sums. */
-INLINE void expansion_sums_tile(const float *restrict u, const float *restrict rows, double *restrict sums, long c,
-                                long width, long p0, long p1, long m0, int mr, long j0, int jn)
+INLINE void outer_sums_tile(const float *restrict u, long c, const float *restrict rows, long width,
+                            double *restrict sums, long p0, long p1, long m0, int mr, long j0, int jn)
 {
     vec acc[SUM_TILE_M][3] = {{{0}}};
     for (long p = p0; p < p1; ++p) {
@@ -366,149 +345,217 @@ INLINE void expansion_sums_tile(const float *restrict u, const float *restrict r
             for (int l = 0; l < CHUNK; ++l) ROW(sums, m0 + mi, width)[j0 + CHUNK * jv + l] += acc[mi][jv][l];
 }
 
-/* Dispatch to tiles with a compile-time shape, so that the accumulators live in registers. */
-INLINE void expansion_sums_block(const float *u, const float *rows, double *sums, long c, long width, long p0,
-                                 long p1)
+/* One column of tiles at rows [m, m + mr): the widest tile that fits what is left of `width`. */
+INLINE void outer_sums_tiles(const float *u, long c, const float *rows, long width, double *sums, long p0, long p1,
+                             long m, int mr)
 {
-    for (long m0 = 0; m0 < c; m0 += SUM_TILE_M)
-        for (long j0 = 0; j0 < width; j0 += 3 * CHUNK) {
-            const long left = (width - j0) / CHUNK;
-            const int full = c - m0 >= SUM_TILE_M;
-            if (left >= 3) {
-                if (full) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m0, SUM_TILE_M, j0, 3);
-                else for (long m = m0; m < c; ++m) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m, 1, j0, 3);
-            } else if (left == 2) {
-                if (full) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m0, SUM_TILE_M, j0, 2);
-                else for (long m = m0; m < c; ++m) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m, 1, j0, 2);
-            } else {
-                if (full) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m0, SUM_TILE_M, j0, 1);
-                else for (long m = m0; m < c; ++m) expansion_sums_tile(u, rows, sums, c, width, p0, p1, m, 1, j0, 1);
-            }
-        }
+    for (long j0 = 0; j0 < width; j0 += 3 * CHUNK) {
+        const long left = (width - j0) / CHUNK;
+        if (left >= 3) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, j0, 3);
+        else if (left == 2) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, j0, 2);
+        else outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, j0, 1);
+    }
 }
 
-#define GATHER_TILE_P 4  /* x's gradient: a register tile of 4 pixels x 16 inputs */
-
-/* grad_rows[p][j] = sum_m u[p][m] * folded[m][j] for pixels [p0, p0 + pn), inputs [j0, j0 + 16). */
-INLINE void expansion_gather_tile(const float *restrict u, const Expansion *e, float *restrict grad_rows, long c,
-                                  long p0, int pn, long j0)
+/* sums (c x width, double) += u^T rows over pixels [0, hw); u is (hw x c), rows (hw x width)
+ * with width a multiple of 8. Tiles get a compile-time shape, so accumulators stay in registers. */
+static void outer_sums(const float *u, long c, const float *rows, long width, double *sums, long hw)
 {
-    vec acc[GATHER_TILE_P][2] = {{{0}}};
+    for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+        const long p1 = block_end(p0, hw);
+        long m = 0;
+        for (; m + SUM_TILE_M <= c; m += SUM_TILE_M) outer_sums_tiles(u, c, rows, width, sums, p0, p1, m, SUM_TILE_M);
+        for (; m < c; ++m) outer_sums_tiles(u, c, rows, width, sums, p0, p1, m, 1);
+    }
+}
+
+#define PRODUCT_TILE_P 4  /* product: a register tile of 4 pixels x 16 columns */
+
+/* out[p][j] = sum_m u[p][m] * matrix[m][j] for p in [p0, p0 + pn), j in [j0, j0 + 16) and < out_width. */
+INLINE void product_tile(const float *restrict u, long c, const float *restrict matrix, long padded,
+                         float *restrict out, long out_width, long p0, int pn, long j0)
+{
+    vec acc[PRODUCT_TILE_P][2] = {{{0}}};
     for (long m = 0; m < c; ++m) {
-        const vec f0 = load(ROW(e->folded, m, e->padded_in) + j0, CHUNK);
-        const vec f1 = load(ROW(e->folded, m, e->padded_in) + j0 + CHUNK, CHUNK);
+        const vec m0 = load(ROW(matrix, m, padded) + j0, CHUNK), m1 = load(ROW(matrix, m, padded) + j0 + CHUNK, CHUNK);
         for (int pi = 0; pi < pn; ++pi) {
             const float up = ROW(u, p0 + pi, c)[m];
-            acc[pi][0] += up * f0;
-            acc[pi][1] += up * f1;
+            acc[pi][0] += up * m0;
+            acc[pi][1] += up * m1;
         }
     }
     for (int pi = 0; pi < pn; ++pi) {
-        float *restrict out = ROW(grad_rows, p0 + pi, e->d_in) + j0;
-        const long left = e->d_in - j0;
+        float *restrict row = ROW(out, p0 + pi, out_width) + j0;
+        const long left = out_width - j0;
         if (left >= 2 * CHUNK) {
-            store(out, acc[pi][0], CHUNK);
-            store(out + CHUNK, acc[pi][1], CHUNK);
+            store(row, acc[pi][0], CHUNK);
+            store(row + CHUNK, acc[pi][1], CHUNK);
         } else {
             float tile[2 * CHUNK];
             memcpy(tile, acc[pi], sizeof(tile));
-            for (long l = 0; l < left; ++l) out[l] = tile[l];
+            for (long l = 0; l < left; ++l) row[l] = tile[l];
         }
     }
 }
 
-/* One sample of the expansion's backward; `padded` is a per-thread (hw, padded_rows) buffer. */
-static void expansion_backward(const float *restrict u, const float *restrict rows, float *restrict grad_rows,
-                               double *restrict sums, float *restrict padded, const Expansion *e, long hw, long c)
+/* out (hw x out_width) = u (hw x c) @ matrix (c x padded, zero beyond out_width; padded a multiple of 16). */
+static void product(const float *u, long c, const float *matrix, long padded, float *out, long out_width, long hw)
 {
-    const long width = e->d_in + 1;
-    for (long p = 0; p < hw; ++p) {  /* rows with zero entries up to a whole vector */
-        memcpy(ROW(padded, p, e->padded_rows), ROW(rows, p, width), sizeof(float) * (size_t)width);
-        memset(ROW(padded, p, e->padded_rows) + width, 0, sizeof(float) * (size_t)(e->padded_rows - width));
-    }
-    for (long p0 = 0; p0 < hw; p0 += BLOCK) expansion_sums_block(u, padded, sums, c, e->padded_rows, p0, block_end(p0, hw));
-    for (long j0 = 0; j0 < e->d_in; j0 += 2 * CHUNK) {
+    for (long j0 = 0; j0 < out_width; j0 += 2 * CHUNK) {
         long p0 = 0;
-        for (; p0 + GATHER_TILE_P <= hw; p0 += GATHER_TILE_P) expansion_gather_tile(u, e, grad_rows, c, p0, GATHER_TILE_P, j0);
-        for (; p0 < hw; ++p0) expansion_gather_tile(u, e, grad_rows, c, p0, 1, j0);
+        for (; p0 + PRODUCT_TILE_P <= hw; p0 += PRODUCT_TILE_P) product_tile(u, c, matrix, padded, out, out_width, p0, PRODUCT_TILE_P, j0);
+        for (; p0 < hw; ++p0) product_tile(u, c, matrix, padded, out, out_width, p0, 1, j0);
     }
 }
 
-/* The sum over threads of per-thread double arrays (`stride` apart), in thread order. */
-static void sum_threads(const double *partial, int threads, size_t size, size_t stride, float *out)
+INLINE long round_up(long n, long to) { return (n + to - 1) / to * to; }
+
+/* A (rows x cols) matrix as rows `padded` floats apart, zeros beyond cols; NULL if out of memory. */
+static float *padded_matrix(const float *matrix, long rows, long cols, long padded)
 {
-    for (size_t i = 0; i < size; ++i) {
-        double sum = 0.0;
-        for (int t = 0; t < threads; ++t) sum += partial[(size_t)t * stride + i];
-        out[i] = (float)sum;
-    }
+    float *out = calloc((size_t)(rows * padded), sizeof(float));
+    if (out == NULL) return NULL;
+    for (long i = 0; i < rows; ++i) memcpy(out + i * padded, matrix + i * cols, sizeof(float) * (size_t)cols);
+    return out;
 }
 
-/* The unit's backward. Without an expansion (expand_rows == NULL), x's gradient goes to
- * grad_x. With one (see Expansion), x is that expansion's ReLU output and must be masked
- * (input_is_relu), grad_x is not used, and the expansion's input gradient goes to
- * expand_grad_rows and its sums u^T [x - mean, 1] to expand_sums ((channels, d_in + 1), double). */
+/* The sum over threads of per-thread double arrays (`stride` apart), in thread order, as
+ * float or as double, reading `width`-wide rows of which the first `cols` are kept. */
+static void sum_threads(const double *partial, int threads, size_t stride, long rows, long width, long cols,
+                        float *out_float, double *out_double)
+{
+    for (long i = 0; i < rows; ++i)
+        for (long j = 0; j < cols; ++j) {
+            double sum = 0.0;
+            for (int t = 0; t < threads; ++t) sum += partial[(size_t)t * stride + (size_t)(i * width + j)];
+            if (out_float != NULL) out_float[i * cols + j] = (float)sum;
+            else out_double[i * cols + j] = sum;
+        }
+}
+
+/* Forward pass. With a reduction (reduce_t != NULL: the 1x1 conv after the unit, transposed,
+ * (channels x d_out)), `out` receives that conv's output (d_out channels) instead of the unit's. */
+int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g, float *out, float *stats,
+                             long batch, long height, long width, long channels, long kernel, long stride,
+                             float eps, const float *reduce_t, long d_out, int threads)
+{
+    const Geometry geo = geometry(height, width, channels, kernel, stride);
+    const long hw_out = geo.out_height * geo.out_width;
+    const size_t in_size = (size_t)(height * width * channels);
+    const size_t out_size = (size_t)(hw_out * channels);
+    const long out_channels = reduce_t != NULL ? d_out : channels, padded = round_up(d_out, 2 * CHUNK);
+    float *matrix = reduce_t != NULL ? padded_matrix(reduce_t, channels, d_out, padded) : NULL;
+    if (reduce_t != NULL && matrix == NULL) return 1;
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        const size_t unit_size = reduce_t != NULL ? out_size : 0;  /* the unit's output, before the reduction */
+        float *scratch = malloc(sizeof(float) * (2 * out_size + (size_t)channels + unit_size));
+        double *sum = malloc(sizeof(double) * (size_t)channels);
+        failed = scratch == NULL || sum == NULL;
+        float *v = scratch, *g = v + out_size, *part = g + out_size, *unit = part + channels;
+        #pragma omp for schedule(static)
+        for (long n = 0; n < batch; ++n) {
+            if (failed) continue;
+            float *dest = out + (size_t)(n * hw_out * out_channels);
+            forward_sample(x + n * in_size, w_v, w_g, reduce_t != NULL ? unit : dest, stats + n * 4 * (size_t)channels,
+                           v, g, sum, part, &geo, eps);
+            if (reduce_t != NULL) product(unit, channels, matrix, padded, dest, d_out, hw_out);
+        }
+        free(scratch);
+        free(sum);
+    }
+    free(matrix);
+    return failed;
+}
+
+/* Backward pass.
+ * - With an expansion (expand_rows != NULL): x is the ReLU output of a 1x1 conv whose BatchNorm
+ *   is folded into `expand_folded` (channels x d_in), applied to the rows [x_in - mean, 1]
+ *   (pixels x (d_in + 1)) in `expand_rows`. Then grad_x is not used; with u the gradient at x
+ *   (zero where x == 0), expand_grad_rows (pixels x d_in) receives folded^T u at every pixel and
+ *   expand_sums (channels x (d_in + 1), double) the sums u^T rows.
+ * - With a reduction (reduce != NULL: the 1x1 conv after the unit, (d_out x channels)): `grad`
+ *   is the gradient at that conv's output (d_out channels), and reduce_sums (d_out x channels,
+ *   double) receives the conv's weight gradient. */
 int minnets_min_unit_backward(const float *grad, const float *x, const float *w_v, const float *w_g,
                               const float *stats, float *grad_x, float *grad_w_v, float *grad_w_g,
                               long batch, long height, long width, long channels, long kernel, long stride,
                               int input_is_relu, const float *expand_rows, const float *expand_folded,
-                              float *expand_grad_rows, double *expand_sums, long d_in, int threads)
+                              float *expand_grad_rows, double *expand_sums, long d_in, const float *reduce,
+                              double *reduce_sums, long d_out, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
-    const long hw = height * width;
+    const long hw = height * width, hw_out = geo.out_height * geo.out_width;
     const size_t in_size = (size_t)(hw * channels);
-    const size_t out_size = (size_t)(geo.out_height * geo.out_width * channels);
+    const size_t out_size = (size_t)(hw_out * channels);
     const size_t filter_size = (size_t)(kernel * kernel * channels);
-    const int fused = expand_rows != NULL;
-    Expansion e = {expand_rows, NULL, expand_grad_rows, d_in, (d_in + 15) / 16 * 16, (d_in + 1 + 7) / 8 * 8};
-    const size_t sums_size = fused ? (size_t)(channels * e.padded_rows) : 0;
-    const size_t per_thread = 2 * filter_size + sums_size;  /* dw_v, dw_g, expansion sums */
+    const int expanding = expand_rows != NULL, reducing = reduce != NULL;
+    const long rows_width = round_up(d_in + 1, CHUNK), in_padded = round_up(d_in, 2 * CHUNK);
+    const long unit_width = round_up(channels, CHUNK), unit_padded = round_up(channels, 2 * CHUNK);
+    const size_t expand_size = expanding ? (size_t)(channels * rows_width) : 0;
+    const size_t reduce_size = reducing ? (size_t)(d_out * unit_width) : 0;
+    const size_t per_thread = 2 * filter_size + expand_size + reduce_size;  /* dw_v, dw_g, the products' sums */
     double *partial = calloc((size_t)threads * per_thread, sizeof(double));
     AxisCover *rows = malloc(sizeof(AxisCover) * (size_t)(height + width)), *cols = rows + height;
-    float *folded = fused ? calloc((size_t)(channels * e.padded_in), sizeof(float)) : NULL;
-    if (partial == NULL || rows == NULL || (fused && folded == NULL)) { free(partial); free(rows); free(folded); return 1; }
-    for (long m = 0; fused && m < channels; ++m)
-        memcpy(ROW(folded, m, e.padded_in), ROW(expand_folded, m, d_in), sizeof(float) * (size_t)d_in);
-    e.folded = folded;
+    float *folded = expanding ? padded_matrix(expand_folded, channels, d_in, in_padded) : NULL;
+    float *spread = reducing ? padded_matrix(reduce, d_out, channels, unit_padded) : NULL;
+    if (partial == NULL || rows == NULL || (expanding && folded == NULL) || (reducing && spread == NULL)) {
+        free(partial); free(rows); free(folded); free(spread);
+        return 1;
+    }
     axis_covers(rows, height, geo.out_height, &geo);
     axis_covers(cols, width, geo.out_width, &geo);
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        const size_t fused_size = fused ? in_size + (size_t)(hw * e.padded_rows) : 0;  /* u, padded rows */
-        float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels + fused_size));
+        const size_t expand_scratch = expanding ? in_size + (size_t)(hw * rows_width) : 0;  /* u, padded rows */
+        const size_t reduce_scratch = reducing ? (size_t)(hw_out * unit_width) + out_size : 0;  /* unit output, its gradient */
+        float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels
+                                                 + expand_scratch + reduce_scratch));
         double *sums = malloc(sizeof(double) * 4 * (size_t)channels);
         double *mine = partial + (size_t)omp_get_thread_num() * per_thread;
         failed = scratch == NULL || sums == NULL;
-        float *v = scratch, *g = scratch + out_size, *dw = scratch + 2 * out_size, *coef = dw + 2 * filter_size;
-        float *part = coef + 4 * channels, *u = part + 4 * channels, *padded = u + in_size;
+        float *v = scratch, *g = v + out_size, *dw = g + out_size, *coef = dw + 2 * filter_size;
+        float *part = coef + 4 * channels, *u = part + 4 * channels, *padded_rows = u + (expanding ? in_size : 0);
+        float *unit = padded_rows + (expanding ? hw * rows_width : 0), *unit_grad = unit + (reducing ? hw_out * unit_width : 0);
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
-            const float *xs = x + n * in_size;
+            const float *xs = x + n * in_size, *sample_stats = stats + n * 4 * (size_t)channels;
+            const float *grad_unit = grad + n * out_size;
             convolve(xs, w_v, w_g, v, g, &geo);
-            norm_backward(grad + n * out_size, v, g, stats + n * 4 * (size_t)channels,
-                          geo.out_height * geo.out_width, channels, sums, part, coef);
-            convolve_backward(xs, v, g, w_v, w_g, fused ? u : grad_x + n * in_size, dw, dw + filter_size, &geo, rows,
-                              cols, input_is_relu);
+            if (reducing) {
+                const float *grad_reduced = grad + (size_t)(n * hw_out * d_out);
+                min_output(v, g, sample_stats, unit, hw_out, channels, unit_width);
+                product(grad_reduced, d_out, spread, unit_padded, unit_grad, channels, hw_out);
+                outer_sums(grad_reduced, d_out, unit, unit_width, mine + 2 * filter_size + expand_size, hw_out);
+                grad_unit = unit_grad;
+            }
+            norm_backward(grad_unit, v, g, sample_stats, hw_out, channels, sums, part, coef);
+            convolve_backward(xs, v, g, w_v, w_g, expanding ? u : grad_x + n * in_size, dw, dw + filter_size, &geo,
+                              rows, cols, input_is_relu || expanding);
             for (size_t i = 0; i < 2 * filter_size; ++i) mine[i] += dw[i];
-            if (fused)
-                expansion_backward(u, expand_rows + (size_t)(n * hw * (d_in + 1)), expand_grad_rows + (size_t)(n * hw * d_in),
-                                   mine + 2 * filter_size, padded, &e, hw, channels);
+            if (expanding) {
+                const float *sample_rows = expand_rows + (size_t)(n * hw * (d_in + 1));
+                for (long p = 0; p < hw; ++p) {  /* rows with zero entries up to a whole vector */
+                    memcpy(ROW(padded_rows, p, rows_width), ROW(sample_rows, p, d_in + 1), sizeof(float) * (size_t)(d_in + 1));
+                    memset(ROW(padded_rows, p, rows_width) + d_in + 1, 0, sizeof(float) * (size_t)(rows_width - d_in - 1));
+                }
+                outer_sums(u, channels, padded_rows, rows_width, mine + 2 * filter_size, hw);
+                product(u, channels, folded, in_padded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw);
+            }
         }
         free(scratch);
         free(sums);
     }
-    sum_threads(partial, threads, filter_size, per_thread, grad_w_v);
-    sum_threads(partial + filter_size, threads, filter_size, per_thread, grad_w_g);
-    for (long m = 0; fused && m < channels; ++m)  /* unpadded, in double */
-        for (long j = 0; j <= d_in; ++j) {
-            double sum = 0.0;
-            for (int t = 0; t < threads; ++t) sum += partial[(size_t)t * per_thread + 2 * filter_size + (size_t)(m * e.padded_rows + j)];
-            expand_sums[m * (d_in + 1) + j] = sum;
-        }
+    sum_threads(partial, threads, per_thread, 1, (long)filter_size, (long)filter_size, grad_w_v, NULL);
+    sum_threads(partial + filter_size, threads, per_thread, 1, (long)filter_size, (long)filter_size, grad_w_g, NULL);
+    if (expanding) sum_threads(partial + 2 * filter_size, threads, per_thread, channels, rows_width, d_in + 1, NULL, expand_sums);
+    if (reducing) sum_threads(partial + 2 * filter_size + expand_size, threads, per_thread, d_out, unit_width, channels, NULL, reduce_sums);
     free(partial);
     free(rows);
     free(folded);
+    free(spread);
     return failed;
 }
