@@ -35,6 +35,9 @@ def test_json_has_the_required_keys_for_every_model(capsys):
         assert set(REQUIRED_KEYS) <= row.keys()
         for key in REQUIRED_KEYS[1:]:
             assert isinstance(row[key], float) and row[key] > 0, (key, row[key])
+    # Paired speed relative to the first model: exactly 1 for the first itself.
+    assert rows[0]["train_speed_vs_first"] == rows[0]["infer_speed_vs_first"] == 1.0
+    assert rows[1]["train_speed_vs_first"] > 0 and rows[1]["infer_speed_vs_first"] > 0
     # Counted forward FLOPs: the Min-Net has fewer, per image and independent of the batch size.
     assert rows[1]["flops_per_img"] < rows[0]["flops_per_img"]
     assert "round 1/1 min_resnet_n3" in err  # progress goes to stderr, JSON alone to stdout

@@ -5,7 +5,9 @@ the difference between two models timed one after the other. So every model is b
 and then the models take turns: each *round* times ``steps`` training steps and ``steps``
 inference batches of every model in order, and the reported time is the median over rounds.
 A slow phase of the machine then hits every model in the same round, and the median throws
-that round away.
+that round away. The speed relative to the first model listed (``train_speed_vs_first``,
+``infer_speed_vs_first``) is paired: the median over rounds of each round's ratio, which
+cancels drift between rounds; on a shared machine it is the number to compare models by.
 
 What is measured, per model:
 
@@ -317,6 +319,7 @@ def benchmark(
                 f"{batch_size / case.infer_seconds[-1]:.0f} img/s inference")
 
     rows = []
+    reference = cases[0]
     for case in cases:
         train, infer = statistics.median(case.train_seconds), statistics.median(case.infer_seconds)
         info = extras[case.name]
@@ -324,6 +327,12 @@ def benchmark(
             "model": case.name,
             "train_img_per_s": batch_size / train,
             "infer_img_per_s": batch_size / infer,
+            # Paired: each round's ratio to the first model, timed moments apart, then the median,
+            # so that a drift of the machine between rounds cancels out.
+            "train_speed_vs_first": statistics.median(
+                r / t for r, t in zip(reference.train_seconds, case.train_seconds)),
+            "infer_speed_vs_first": statistics.median(
+                r / t for r, t in zip(reference.infer_seconds, case.infer_seconds)),
             "ms_per_step": 1000 * train,
             "infer_ms_per_batch": 1000 * infer,
             "peak_mem_mb": info["peak"] / MB,
@@ -347,6 +356,8 @@ _THROUGHPUT_COLUMNS = (
     ("model", "model", "{}"),
     ("train img/s", "train_img_per_s", "{:.0f}"),
     ("infer img/s", "infer_img_per_s", "{:.0f}"),
+    ("train x first", "train_speed_vs_first", "{:.3f}"),
+    ("infer x first", "infer_speed_vs_first", "{:.3f}"),
     ("ms/step", "ms_per_step", "{:.1f}"),
     ("peak MB", "peak_mem_mb", "{:.0f}"),
     ("MFLOP/img", "mflops_per_img", "{:.1f}"),
