@@ -461,14 +461,20 @@ class MinBlock(nn.Module):
         shortcut.projection.bias     (d_out,)             only with the projection
 
     Speed on the CPU (same mathematics; ``tests/test_fast_min_block.py`` compares outputs,
-    gradients and running statistics with the plain composition): the residual branch runs in
-    channels-last (see :class:`MinUnit`), an NCHW input converted on the way in, where it is
-    narrower than the hidden maps; the output keeps the input's memory format. The ``expand``
-    BatchNorm is folded into its 1x1 conv, its batch statistics computed from the input's
-    covariance (:class:`_ExpandBNReLU`), so the widest maps are written once and never
-    normalised in a separate pass. BatchNorm's bookkeeping (running averages, ``momentum``, ``None`` momentum,
-    ``num_batches_tracked``, evaluation mode) is kept; a replaced ``expand`` runs as written.
-    Other devices run the modules as they are. First derivatives only (see :class:`MinUnit`).
+    gradients and running statistics with the plain composition, on both paths below): the
+    residual branch runs in channels-last, an NCHW input converted on the way in, where it is
+    narrower than the hidden maps, and gradients converted back on the way out; the output
+    keeps the input's memory format. The ``expand`` BatchNorm is folded into its 1x1 conv, its
+    batch statistics computed from the input's covariance (:class:`_ExpandBNReLU`). In training
+    mode with float32 maps, the folded expansion, the Min-unit and the ``reduce`` conv then run
+    as one native kernel (:class:`_NativeExpandMinUnit`, :mod:`minnets.kernels`): the block's
+    widest maps, the expansion's output gradient and the unit's output and its gradient, never
+    cross main memory. Without the kernel (no C compiler, ``MINNETS_NATIVE=0``, other dtypes)
+    the Min-unit runs as in :class:`MinUnit` and ``reduce`` as its modules. BatchNorm's
+    bookkeeping (running averages, ``momentum``, ``None`` momentum, ``num_batches_tracked``,
+    evaluation mode) is kept; a replaced ``expand`` or ``reduce`` conv runs as written, and
+    forward hooks on the fused convs do not fire. Other devices run the modules as they are.
+    First derivatives only (see :class:`MinUnit`).
     """
 
     def __init__(

@@ -1,11 +1,13 @@
-"""A native CPU kernel for the whole Min-unit, built from C source on first use and cached.
+"""A native CPU kernel for the Min-unit, built from C source on first use and cached.
 
 The Min-unit (two depthwise convs, two instance norms, two ReLUs and a minimum) is memory
 bound on the CPU: as separate PyTorch kernels, forward and backward, its full-size maps cross
 main memory a dozen times a step, and oneDNN's depthwise weight gradient is slow besides.
 ``min_unit.c`` does the forward pass in one read of the input and the backward pass in one
 read of the input and the output gradient (see the comment at its top), a sample at a time,
-split across ``torch.get_num_threads()`` OpenMP threads.
+split across ``torch.get_num_threads()`` OpenMP threads. Inside a Min-block it also takes the
+1x1 convs on either side (:class:`Expansion`, ``reduce_weight``), so that the block's widest
+maps stay in the cache.
 
 Building: the system C compiler (``$CC``, else ``cc``) compiles the source with
 ``-O3 -march=native -fopenmp`` into ``$MINNETS_CACHE/kernels`` (default

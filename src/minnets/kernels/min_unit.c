@@ -10,12 +10,13 @@
  * an element, cheaper than storing and re-reading them), then reads the output gradient and
  * writes x's. Full-size maps cross main memory about once per direction, where separate
  * kernels (two convs, two instance norms, ReLUs, a minimum, and their backward passes) cross it
- * a dozen times.
+ * a dozen times. Optionally (see the last two functions) the 1x1 convs on either side of the
+ * unit in a Min-block are fused in as well.
  *
  * Filters come as (k*k x c) tap-major arrays. stats holds, per sample, four runs of c floats:
  * mean(v), 1/sqrt(var(v)+eps), mean(g), 1/sqrt(var(g)+eps), with the biased variance (what
  * instance norm normalises with). Per-channel sums run in float over blocks of pixels and in
- * double across blocks; the filter gradients per sample in float, then per thread in double,
+ * double across blocks; weight gradients per sample in float, then per thread in double,
  * then over threads in a fixed order, so results do not depend on scheduling.
  */
 #include <math.h>
