@@ -258,7 +258,8 @@ class _Folded(NamedTuple):
 
 def _fold_forward(x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float
                   ) -> tuple[_Folded, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The folded conv, ``ReLU(BN(W x))`` as rows, and the batch mean and unbiased variance."""
+    """The folded conv; ``[folded | bias]``, with which ``ReLU(BN(W x)) = ReLU([x - mu, 1] @
+    weights^T)``; and the batch mean and unbiased variance."""
     rows = _rows(x)
     count, d_in = rows.shape
     mean_x = rows.mean(dim=0)
@@ -272,10 +273,10 @@ def _fold_forward(x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, be
     gain = gamma.double() * scale
     folded = gain[:, None] * w
     # W x - W mu = W (x - mu): with the ones column the bias is part of the product.
-    out = _matmul_t(ones, torch.cat([folded, beta.double()[:, None]], dim=1).to(x.dtype), relu=True)
+    weights = torch.cat([folded, beta.double()[:, None]], dim=1).to(x.dtype)
     mean = (w @ mean_x.double()).to(x.dtype)
     unbiased = (var * count / max(count - 1, 1)).to(x.dtype)
-    return _Folded(ones, w, gram, scale, gain, folded), out, mean, unbiased
+    return _Folded(ones, w, gram, scale, gain, folded), weights, mean, unbiased
 
 
 def _fold_backward(fold: _Folded, sums: torch.Tensor, dtype: torch.dtype
@@ -314,7 +315,8 @@ class _ExpandBNReLU(torch.autograd.Function):
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor,
                 beta: torch.Tensor, eps: float, gradient_masked: bool
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fold, out, mean, unbiased = _fold_forward(x, weight, gamma, beta, eps)
+        fold, weights, mean, unbiased = _fold_forward(x, weight, gamma, beta, eps)
+        out = _matmul_t(fold.ones, weights, relu=True)
         ctx.save_for_backward(*fold, out)
         ctx.gradient_masked = gradient_masked
         ctx.mark_non_differentiable(mean, unbiased)
@@ -341,11 +343,12 @@ class _NativeExpandMinUnit(torch.autograd.Function):
     (:class:`_ExpandBNReLU`'s folded 1x1 conv, BatchNorm and ReLU), the Min-unit, and the
     reduction's 1x1 conv.
 
-    The kernel computes the reduction in the forward pass while the unit's output is in the
-    cache, and in the backward pass goes on from the reduction's output gradient through the
-    unit and the expansion (:class:`minnets.kernels.Expansion`), so that the block's widest maps
-    (the expansion's output gradient, the unit's output and its gradient) never cross main
-    memory. The expansion's output itself is written once, in the forward pass, and saved.
+    The kernel computes the expansion's output and the unit's output a sample at a time, in the
+    cache, and applies the reduction there; the backward pass recomputes them and goes from the
+    reduction's output gradient through the unit and the expansion
+    (:class:`minnets.kernels.Expansion`). So none of the block's wide maps (the expansion's
+    output and its gradient, the unit's output and its gradient) is ever written to memory;
+    what is saved for the backward pass is the narrow input and per-sample statistics.
     """
 
     @staticmethod
@@ -353,11 +356,12 @@ class _NativeExpandMinUnit(torch.autograd.Function):
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                 eps: float, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int, unit_eps: float,
                 reduce_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fold, hidden, mean, unbiased = _fold_forward(x, weight, gamma, beta, eps)
-        hidden = _maps(hidden, x)
-        out, stats = kernels.min_unit_forward(hidden, weight_v, weight_g, stride, unit_eps, reduce_weight)
-        ctx.save_for_backward(*fold, hidden, weight_v, weight_g, stats, reduce_weight)
-        ctx.stride = stride
+        fold, weights, mean, unbiased = _fold_forward(x, weight, gamma, beta, eps)
+        size = (x.shape[0], x.shape[2], x.shape[3])
+        out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, unit_eps, reduce_weight,
+                                              kernels.Expansion(fold.ones, weights, size))
+        ctx.save_for_backward(*fold, weights, weight_v, weight_g, stats, reduce_weight)
+        ctx.stride, ctx.size = stride, size
         ctx.mark_non_differentiable(mean, unbiased)
         return out, mean, unbiased
 
@@ -365,15 +369,16 @@ class _NativeExpandMinUnit(torch.autograd.Function):
     @once_differentiable
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: FunctionCtx, grad: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor) -> tuple:
-        *saved, hidden, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
+        *saved, weights, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
         fold = _Folded(*saved)
-        expansion = kernels.Expansion(fold.ones, fold.folded.to(hidden.dtype).contiguous())
+        expansion = kernels.Expansion(fold.ones, weights, ctx.size)
         _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
-            grad, hidden, weight_v, weight_g, stats, ctx.stride, True, expansion, reduce_weight)
-        d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, hidden.dtype)
+            grad, None, weight_v, weight_g, stats, ctx.stride, True, expansion, reduce_weight)
+        d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, weights.dtype)
         d_rows = expansion.grad_rows.addmm_(fold.ones, cross)
-        return (_maps(d_rows, hidden), d_weight, d_gamma, d_beta, None, d_weight_v, d_weight_g, None, None,
-                d_reduce)
+        n, h, w = ctx.size
+        x_grad = d_rows.view(n, h, w, -1).permute(0, 3, 1, 2)  # channels-last, like x
+        return x_grad, d_weight, d_gamma, d_beta, None, d_weight_v, d_weight_g, None, None, d_reduce
 
 
 def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = None,

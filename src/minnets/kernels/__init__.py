@@ -119,10 +119,10 @@ def _load() -> ctypes.CDLL | None:
                           stacklevel=3)
             return None
         pointer, size = ctypes.c_void_p, ctypes.c_long
-        library.minnets_min_unit_forward.argtypes = ([pointer] * 5 + [size] * 6 + [ctypes.c_float, pointer, size,
-                                                                                     ctypes.c_int])
+        library.minnets_min_unit_forward.argtypes = ([pointer] * 5 + [size] * 6 + [ctypes.c_float, pointer, size]
+                                                     + [pointer] * 2 + [size, ctypes.c_int])
         library.minnets_min_unit_backward.argtypes = ([pointer] * 8 + [size] * 6 + [ctypes.c_int] + [pointer] * 4
-                                                      + [size] + [pointer] * 2 + [size, ctypes.c_int])
+                                                      + [size] + [pointer] * 3 + [size, ctypes.c_int])
         _library = library
         return library
 
@@ -163,31 +163,50 @@ def _taps(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], -1).t().contiguous()
 
 
-def min_unit_forward(x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int,
-                     eps: float, reduce_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _shape(x: torch.Tensor | None, expansion: Expansion | None) -> tuple[int, int, int, int]:
+    """(n, c, h, w) of the unit's input, given or to be computed from the expansion."""
+    if expansion is None:
+        return tuple(x.shape)
+    n, h, w = expansion.size
+    return n, expansion.weights.shape[0], h, w
+
+
+def _expansion_args(expansion: Expansion | None) -> tuple:
+    if expansion is None:
+        return None, None, None, None, 0, None
+    return (expansion.rows.data_ptr(), expansion.folded.data_ptr(), expansion.grad_rows.data_ptr(),
+            expansion.sums.data_ptr(), expansion.folded.shape[1], expansion.weights_t.data_ptr())
+
+
+def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int,
+                     eps: float, reduce_weight: torch.Tensor | None = None, expansion: Expansion | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``min(ReLU(IN(w_v * x)), ReLU(IN(w_g * x)))`` and the per-sample statistics the backward needs.
 
     With ``reduce_weight`` (a 1x1 conv ``(d_out, channels, 1, 1)``), the output is that conv
-    applied to the unit's output, which itself is never written to memory.
+    applied to the unit's output, which itself is never written to memory. With an
+    ``expansion`` instead of ``x`` (None), the unit's input is computed from it, a sample at a
+    time, and never written to memory either.
     """
-    n, c, h, w = x.shape
+    n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
     pad = k // 2  # as the module's convs: "same" padding for odd k
     size = ((h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
     d_out = c if reduce_weight is None else reduce_weight.shape[0]
     out = torch.empty(n, d_out, *size, memory_format=torch.channels_last)
-    stats = x.new_empty(n, 4, c)
+    stats = torch.empty(n, 4, c)
     taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
     reduce_t = None if reduce_weight is None else reduce_weight.detach().reshape(d_out, c).t().contiguous()
     if out.numel():
+        rows, _, _, _, d_in, weights_t = _expansion_args(expansion)
         _check(_load().minnets_min_unit_forward(
-            x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), out.data_ptr(), stats.data_ptr(),
-            n, h, w, c, k, stride, eps, None if reduce_t is None else reduce_t.data_ptr(), d_out,
-            torch.get_num_threads()))
+            None if x is None else x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), out.data_ptr(),
+            stats.data_ptr(), n, h, w, c, k, stride, eps, None if reduce_t is None else reduce_t.data_ptr(), d_out,
+            rows, weights_t, d_in, torch.get_num_threads()))
     return out, stats
 
 
-def min_unit_backward(grad: torch.Tensor, x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor,
+def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: torch.Tensor,
                       stats: torch.Tensor, stride: int, input_is_relu: bool, expansion: Expansion | None = None,
                       reduce_weight: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -195,10 +214,11 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor, weight_v: torch.Tenso
 
     ``input_is_relu`` zeroes x's gradient where ``x == 0``. With ``reduce_weight`` (as in
     :func:`min_unit_forward`), ``grad`` is the gradient at the reduction's output. With an
-    ``expansion`` (``x`` is its ReLU output), x's gradient is not returned (None): the kernel
-    goes on through the expansion and fills ``expansion.grad_rows`` and ``expansion.sums``.
+    ``expansion`` instead of ``x`` (None), x's gradient is not returned (None): the kernel
+    recomputes x and goes on through the expansion, filling ``expansion.grad_rows`` and
+    ``expansion.sums``.
     """
-    n, c, h, w = x.shape
+    n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
     d_out = 0 if reduce_weight is None else reduce_weight.shape[0]
     grad = grad.contiguous(memory_format=torch.channels_last)
@@ -207,14 +227,12 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor, weight_v: torch.Tenso
     grad_v, grad_g = torch.zeros(k * k, c), torch.zeros(k * k, c)
     reduce = None if reduce_weight is None else reduce_weight.detach().reshape(d_out, c).contiguous()
     grad_reduce = None if reduce_weight is None else torch.zeros(d_out, c, dtype=torch.float64)
-    if x.numel():
-        expand = ((expansion.rows.data_ptr(), expansion.folded.data_ptr(), expansion.grad_rows.data_ptr(),
-                   expansion.sums.data_ptr(), expansion.folded.shape[1]) if expansion is not None
-                  else (None, None, None, None, 0))
+    if n * c * h * w:
+        rows, folded, grad_rows, sums, d_in, weights_t = _expansion_args(expansion)
         _check(_load().minnets_min_unit_backward(
-            grad.data_ptr(), x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), stats.data_ptr(),
-            None if grad_x is None else grad_x.data_ptr(), grad_v.data_ptr(), grad_g.data_ptr(),
-            n, h, w, c, k, stride, int(input_is_relu), *expand,
+            grad.data_ptr(), None if x is None else x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(),
+            stats.data_ptr(), None if grad_x is None else grad_x.data_ptr(), grad_v.data_ptr(), grad_g.data_ptr(),
+            n, h, w, c, k, stride, int(input_is_relu), rows, folded, grad_rows, sums, d_in, weights_t,
             None if reduce is None else reduce.data_ptr(), None if grad_reduce is None else grad_reduce.data_ptr(),
             d_out, torch.get_num_threads()))
     if grad_reduce is not None:
@@ -224,21 +242,28 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor, weight_v: torch.Tenso
 
 @dataclass
 class Expansion:
-    """The BatchNorm-folded 1x1 expansion whose ReLU output feeds the unit, for a fused backward.
+    """The 1x1 conv with its BatchNorm folded in, and its ReLU, that make the unit's input in a
+    Min-block: the kernel computes that input itself and takes the conv's backward pass too.
 
-    Inputs: ``rows``, the expansion's input minus its batch mean with a column of ones,
-    ``(pixels, d_in + 1)`` in channels-last pixel order, and ``folded``, its folded weights
-    ``(channels, d_in)``; both float32 and contiguous. Outputs, allocated here: ``grad_rows``
+    Inputs: ``rows``, the conv's input minus its batch mean with a column of ones,
+    ``(pixels, d_in + 1)`` in channels-last pixel order; ``weights``, ``[folded | bias]``
+    ``(channels, d_in + 1)``, so that the unit's input is ``ReLU(rows @ weights^T)``; ``size``,
+    ``(n, h, w)``; float32. Outputs of the backward pass, allocated here: ``grad_rows``
     ``(pixels, d_in)`` receives ``folded^T u`` at every pixel and ``sums`` ``(channels, d_in + 1)``
-    (float64) receives ``u^T rows``, with ``u`` the gradient at the expansion's ReLU output.
+    (float64) receives ``u^T rows``, with ``u`` the gradient at the ReLU's output.
     """
 
     rows: torch.Tensor
-    folded: torch.Tensor
+    weights: torch.Tensor
+    size: tuple[int, int, int]
+    folded: torch.Tensor = field(init=False)
+    weights_t: torch.Tensor = field(init=False)
     grad_rows: torch.Tensor = field(init=False)
     sums: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         pixels, width = self.rows.shape
+        self.folded = self.weights[:, :-1].contiguous()
+        self.weights_t = self.weights.t().contiguous()
         self.grad_rows = self.rows.new_empty(pixels, width - 1)
-        self.sums = torch.zeros(self.folded.shape[0], width, dtype=torch.float64)
+        self.sums = torch.zeros(self.weights.shape[0], width, dtype=torch.float64)

@@ -374,7 +374,7 @@ static void outer_sums(const float *u, long c, const float *rows, long width, do
 
 /* out[p][j] = sum_m u[p][m] * matrix[m][j] for p in [p0, p0 + pn), j in [j0, j0 + 16) and < out_width. */
 INLINE void product_tile(const float *restrict u, long c, const float *restrict matrix, long padded,
-                         float *restrict out, long out_width, long p0, int pn, long j0)
+                         float *restrict out, long out_width, long p0, int pn, long j0, int relu)
 {
     vec acc[PRODUCT_TILE_P][2] = {{{0}}};
     for (long m = 0; m < c; ++m) {
@@ -385,6 +385,8 @@ INLINE void product_tile(const float *restrict u, long c, const float *restrict 
             acc[pi][1] += up * m1;
         }
     }
+    for (int pi = 0; pi < pn && relu; ++pi)
+        for (int jv = 0; jv < 2; ++jv) acc[pi][jv] = (vec)((ivec)acc[pi][jv] & (acc[pi][jv] > 0.0f));
     for (int pi = 0; pi < pn; ++pi) {
         float *restrict row = ROW(out, p0 + pi, out_width) + j0;
         const long left = out_width - j0;
@@ -399,13 +401,20 @@ INLINE void product_tile(const float *restrict u, long c, const float *restrict 
     }
 }
 
-/* out (hw x out_width) = u (hw x c) @ matrix (c x padded, zero beyond out_width; padded a multiple of 16). */
-static void product(const float *u, long c, const float *matrix, long padded, float *out, long out_width, long hw)
+/* out (hw x out_width) = u (hw x c) @ matrix (c x padded, zero beyond out_width; padded a
+ * multiple of 16), rectified if `relu`. */
+static void product(const float *u, long c, const float *matrix, long padded, float *out, long out_width, long hw,
+                    int relu)
 {
     for (long j0 = 0; j0 < out_width; j0 += 2 * CHUNK) {
         long p0 = 0;
-        for (; p0 + PRODUCT_TILE_P <= hw; p0 += PRODUCT_TILE_P) product_tile(u, c, matrix, padded, out, out_width, p0, PRODUCT_TILE_P, j0);
-        for (; p0 < hw; ++p0) product_tile(u, c, matrix, padded, out, out_width, p0, 1, j0);
+        if (relu) {
+            for (; p0 + PRODUCT_TILE_P <= hw; p0 += PRODUCT_TILE_P) product_tile(u, c, matrix, padded, out, out_width, p0, PRODUCT_TILE_P, j0, 1);
+            for (; p0 < hw; ++p0) product_tile(u, c, matrix, padded, out, out_width, p0, 1, j0, 1);
+        } else {
+            for (; p0 + PRODUCT_TILE_P <= hw; p0 += PRODUCT_TILE_P) product_tile(u, c, matrix, padded, out, out_width, p0, PRODUCT_TILE_P, j0, 0);
+            for (; p0 < hw; ++p0) product_tile(u, c, matrix, padded, out, out_width, p0, 1, j0, 0);
+        }
     }
 }
 
@@ -435,38 +444,54 @@ static void sum_threads(const double *partial, int threads, size_t stride, long 
 }
 
 /* Forward pass. With a reduction (reduce_t != NULL: the 1x1 conv after the unit, transposed,
- * (channels x d_out)), `out` receives that conv's output (d_out channels) instead of the unit's. */
+ * (channels x d_out)), `out` receives that conv's output (d_out channels) instead of the unit's.
+ * With an expansion (expand_rows != NULL), x is not read but computed a sample at a time, in the
+ * cache: x = ReLU(rows @ expand_t), rows = [x_in - mean, 1] (pixels x (d_in + 1)), expand_t =
+ * [folded | bias]^T ((d_in + 1) x channels). */
 int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g, float *out, float *stats,
                              long batch, long height, long width, long channels, long kernel, long stride,
-                             float eps, const float *reduce_t, long d_out, int threads)
+                             float eps, const float *reduce_t, long d_out, const float *expand_rows,
+                             const float *expand_t, long d_in, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
-    const long hw_out = geo.out_height * geo.out_width;
-    const size_t in_size = (size_t)(height * width * channels);
+    const long hw = height * width, hw_out = geo.out_height * geo.out_width;
+    const size_t in_size = (size_t)(hw * channels);
     const size_t out_size = (size_t)(hw_out * channels);
     const long out_channels = reduce_t != NULL ? d_out : channels, padded = round_up(d_out, 2 * CHUNK);
+    const long unit_padded = round_up(channels, 2 * CHUNK);
     float *matrix = reduce_t != NULL ? padded_matrix(reduce_t, channels, d_out, padded) : NULL;
-    if (reduce_t != NULL && matrix == NULL) return 1;
+    float *expander = expand_rows != NULL ? padded_matrix(expand_t, d_in + 1, channels, unit_padded) : NULL;
+    if ((reduce_t != NULL && matrix == NULL) || (expand_rows != NULL && expander == NULL)) {
+        free(matrix); free(expander);
+        return 1;
+    }
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         const size_t unit_size = reduce_t != NULL ? out_size : 0;  /* the unit's output, before the reduction */
-        float *scratch = malloc(sizeof(float) * (2 * out_size + (size_t)channels + unit_size));
+        const size_t input_size = expand_rows != NULL ? in_size : 0;  /* the unit's input, computed here */
+        float *scratch = malloc(sizeof(float) * (2 * out_size + (size_t)channels + unit_size + input_size));
         double *sum = malloc(sizeof(double) * (size_t)channels);
         failed = scratch == NULL || sum == NULL;
-        float *v = scratch, *g = v + out_size, *part = g + out_size, *unit = part + channels;
+        float *v = scratch, *g = v + out_size, *part = g + out_size, *unit = part + channels, *input = unit + unit_size;
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
             float *dest = out + (size_t)(n * hw_out * out_channels);
-            forward_sample(x + n * in_size, w_v, w_g, reduce_t != NULL ? unit : dest, stats + n * 4 * (size_t)channels,
+            const float *xs = input;
+            if (expand_rows != NULL)
+                product(expand_rows + (size_t)(n * hw * (d_in + 1)), d_in + 1, expander, unit_padded, input, channels, hw, 1);
+            else
+                xs = x + n * in_size;
+            forward_sample(xs, w_v, w_g, reduce_t != NULL ? unit : dest, stats + n * 4 * (size_t)channels,
                            v, g, sum, part, &geo, eps);
-            if (reduce_t != NULL) product(unit, channels, matrix, padded, dest, d_out, hw_out);
+            if (reduce_t != NULL) product(unit, channels, matrix, padded, dest, d_out, hw_out, 0);
         }
         free(scratch);
         free(sum);
     }
     free(matrix);
+    free(expander);
     return failed;
 }
 
@@ -475,7 +500,8 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
  *   is folded into `expand_folded` (channels x d_in), applied to the rows [x_in - mean, 1]
  *   (pixels x (d_in + 1)) in `expand_rows`. Then grad_x is not used; with u the gradient at x
  *   (zero where x == 0), expand_grad_rows (pixels x d_in) receives folded^T u at every pixel and
- *   expand_sums (channels x (d_in + 1), double) the sums u^T rows.
+ *   expand_sums (channels x (d_in + 1), double) the sums u^T rows. With expand_t as well (see
+ *   the forward pass), x is not read but recomputed.
  * - With a reduction (reduce != NULL: the 1x1 conv after the unit, (d_out x channels)): `grad`
  *   is the gradient at that conv's output (d_out channels), and reduce_sums (d_out x channels,
  *   double) receives the conv's weight gradient. */
@@ -483,8 +509,8 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
                               const float *stats, float *grad_x, float *grad_w_v, float *grad_w_g,
                               long batch, long height, long width, long channels, long kernel, long stride,
                               int input_is_relu, const float *expand_rows, const float *expand_folded,
-                              float *expand_grad_rows, double *expand_sums, long d_in, const float *reduce,
-                              double *reduce_sums, long d_out, int threads)
+                              float *expand_grad_rows, double *expand_sums, long d_in, const float *expand_t,
+                              const float *reduce, double *reduce_sums, long d_out, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
@@ -501,8 +527,10 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     AxisCover *rows = malloc(sizeof(AxisCover) * (size_t)(height + width)), *cols = rows + height;
     float *folded = expanding ? padded_matrix(expand_folded, channels, d_in, in_padded) : NULL;
     float *spread = reducing ? padded_matrix(reduce, d_out, channels, unit_padded) : NULL;
-    if (partial == NULL || rows == NULL || (expanding && folded == NULL) || (reducing && spread == NULL)) {
-        free(partial); free(rows); free(folded); free(spread);
+    float *expander = expand_t != NULL ? padded_matrix(expand_t, d_in + 1, channels, unit_padded) : NULL;
+    if (partial == NULL || rows == NULL || (expanding && folded == NULL) || (reducing && spread == NULL)
+        || (expand_t != NULL && expander == NULL)) {
+        free(partial); free(rows); free(folded); free(spread); free(expander);
         return 1;
     }
     axis_covers(rows, height, geo.out_height, &geo);
@@ -512,24 +540,30 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     {
         const size_t expand_scratch = expanding ? in_size + (size_t)(hw * rows_width) : 0;  /* u, padded rows */
         const size_t reduce_scratch = reducing ? (size_t)(hw_out * unit_width) + out_size : 0;  /* unit output, its gradient */
+        const size_t input_scratch = expander != NULL ? in_size : 0;  /* the recomputed input */
         float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels
-                                                 + expand_scratch + reduce_scratch));
+                                                 + expand_scratch + reduce_scratch + input_scratch));
         double *sums = malloc(sizeof(double) * 4 * (size_t)channels);
         double *mine = partial + (size_t)omp_get_thread_num() * per_thread;
         failed = scratch == NULL || sums == NULL;
         float *v = scratch, *g = v + out_size, *dw = g + out_size, *coef = dw + 2 * filter_size;
         float *part = coef + 4 * channels, *u = part + 4 * channels, *padded_rows = u + (expanding ? in_size : 0);
         float *unit = padded_rows + (expanding ? hw * rows_width : 0), *unit_grad = unit + (reducing ? hw_out * unit_width : 0);
+        float *input = unit_grad + (reducing ? out_size : 0);
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
-            const float *xs = x + n * in_size, *sample_stats = stats + n * 4 * (size_t)channels;
+            const float *xs = input, *sample_stats = stats + n * 4 * (size_t)channels;
             const float *grad_unit = grad + n * out_size;
+            if (expander != NULL)
+                product(expand_rows + (size_t)(n * hw * (d_in + 1)), d_in + 1, expander, unit_padded, input, channels, hw, 1);
+            else
+                xs = x + n * in_size;
             convolve(xs, w_v, w_g, v, g, &geo);
             if (reducing) {
                 const float *grad_reduced = grad + (size_t)(n * hw_out * d_out);
                 min_output(v, g, sample_stats, unit, hw_out, channels, unit_width);
-                product(grad_reduced, d_out, spread, unit_padded, unit_grad, channels, hw_out);
+                product(grad_reduced, d_out, spread, unit_padded, unit_grad, channels, hw_out, 0);
                 outer_sums(grad_reduced, d_out, unit, unit_width, mine + 2 * filter_size + expand_size, hw_out);
                 grad_unit = unit_grad;
             }
@@ -544,7 +578,7 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
                     memset(ROW(padded_rows, p, rows_width) + d_in + 1, 0, sizeof(float) * (size_t)(rows_width - d_in - 1));
                 }
                 outer_sums(u, channels, padded_rows, rows_width, mine + 2 * filter_size, hw);
-                product(u, channels, folded, in_padded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw);
+                product(u, channels, folded, in_padded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw, 0);
             }
         }
         free(scratch);
@@ -558,5 +592,6 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     free(rows);
     free(folded);
     free(spread);
+    free(expander);
     return failed;
 }
