@@ -413,7 +413,16 @@ def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = No
     else:
         gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
         weight = conv.weight * gain.view(-1, 1, 1, 1)
-        out = F.relu(F.conv2d(x, weight, bn.bias - bn.running_mean * gain), inplace=True)
+        bias = bn.bias - bn.running_mean * gain
+        if (then is not None and reduce is not None and _foldable(reduce) and then.runs_natively(x)
+                and not torch.is_grad_enabled()):  # inference: the whole branch up to reduce's BN in one pass
+            rows = torch.cat([_rows(x), x.new_ones(x.numel() // x.shape[1], 1)], dim=1)  # [x, 1]
+            expansion = kernels.Expansion(rows, torch.cat([weight.flatten(1), bias[:, None]], dim=1).float(),
+                                          (x.shape[0], x.shape[2], x.shape[3]))
+            out, _ = kernels.min_unit_forward(None, then.filter_v.weight, then.filter_g.weight,
+                                              then.filter_v.stride[0], then.eps, reduce[0].weight, expansion)
+            return reduce[1:](out)
+        out = F.relu(F.conv2d(x, weight, bias), inplace=True)
     if then is not None:
         out = then(out, input_is_relu=True)
     return out if reduce is None else reduce(out)

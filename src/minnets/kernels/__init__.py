@@ -174,8 +174,9 @@ def _shape(x: torch.Tensor | None, expansion: Expansion | None) -> tuple[int, in
 def _expansion_args(expansion: Expansion | None) -> tuple:
     if expansion is None:
         return None, None, None, None, 0, None
-    return (expansion.rows.data_ptr(), expansion.folded.data_ptr(), expansion.grad_rows.data_ptr(),
-            expansion.sums.data_ptr(), expansion.folded.shape[1], expansion.weights_t.data_ptr())
+    gradients = (None, None) if expansion.sums is None else (expansion.grad_rows.data_ptr(), expansion.sums.data_ptr())
+    return (expansion.rows.data_ptr(), expansion.folded.data_ptr(), *gradients, expansion.folded.shape[1],
+            expansion.weights_t.data_ptr())
 
 
 def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int,
@@ -227,6 +228,8 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
     grad_v, grad_g = torch.zeros(k * k, c), torch.zeros(k * k, c)
     reduce = None if reduce_weight is None else reduce_weight.detach().reshape(d_out, c).contiguous()
     grad_reduce = None if reduce_weight is None else torch.zeros(d_out, c, dtype=torch.float64)
+    if expansion is not None:
+        expansion.allocate_gradients()
     if n * c * h * w:
         rows, folded, grad_rows, sums, d_in, weights_t = _expansion_args(expansion)
         _check(_load().minnets_min_unit_backward(
@@ -248,7 +251,7 @@ class Expansion:
     Inputs: ``rows``, the conv's input minus its batch mean with a column of ones,
     ``(pixels, d_in + 1)`` in channels-last pixel order; ``weights``, ``[folded | bias]``
     ``(channels, d_in + 1)``, so that the unit's input is ``ReLU(rows @ weights^T)``; ``size``,
-    ``(n, h, w)``; float32. Outputs of the backward pass, allocated here: ``grad_rows``
+    ``(n, h, w)``; float32. Outputs of :func:`min_unit_backward`, allocated by it: ``grad_rows``
     ``(pixels, d_in)`` receives ``folded^T u`` at every pixel and ``sums`` ``(channels, d_in + 1)``
     (float64) receives ``u^T rows``, with ``u`` the gradient at the ReLU's output.
     """
@@ -258,12 +261,14 @@ class Expansion:
     size: tuple[int, int, int]
     folded: torch.Tensor = field(init=False)
     weights_t: torch.Tensor = field(init=False)
-    grad_rows: torch.Tensor = field(init=False)
-    sums: torch.Tensor = field(init=False)
+    grad_rows: torch.Tensor | None = field(init=False, default=None)
+    sums: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        pixels, width = self.rows.shape
         self.folded = self.weights[:, :-1].contiguous()
         self.weights_t = self.weights.t().contiguous()
+
+    def allocate_gradients(self) -> None:
+        pixels, width = self.rows.shape
         self.grad_rows = self.rows.new_empty(pixels, width - 1)
         self.sums = torch.zeros(self.weights.shape[0], width, dtype=torch.float64)
