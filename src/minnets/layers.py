@@ -479,11 +479,11 @@ class MinBlock(nn.Module):
     residual branch runs in channels-last, an NCHW input converted on the way in, where it is
     narrower than the hidden maps, and gradients converted back on the way out; the output
     keeps the input's memory format. The ``expand`` BatchNorm is folded into its 1x1 conv, its
-    batch statistics computed from the input's covariance (:class:`_ExpandBNReLU`). In training
-    mode with float32 maps, the folded expansion, the Min-unit and the ``reduce`` conv then run
-    as one native kernel (:class:`_NativeExpandMinUnit`, :mod:`minnets.kernels`): the block's
-    widest maps, the expansion's output gradient and the unit's output and its gradient, never
-    cross main memory. Without the kernel (no C compiler, ``MINNETS_NATIVE=0``, other dtypes)
+    batch statistics computed from the input's covariance (:class:`_ExpandBNReLU`). With
+    float32 maps, in training mode and in inference without gradients, the folded expansion,
+    the Min-unit and the ``reduce`` conv then run as one native kernel
+    (:class:`_NativeExpandMinUnit`, :mod:`minnets.kernels`): the block's wide maps (the
+    expansion's and the unit's outputs and their gradients) never cross main memory. Without the kernel (no C compiler, ``MINNETS_NATIVE=0``, other dtypes)
     the Min-unit runs as in :class:`MinUnit` and ``reduce`` as its modules. BatchNorm's
     bookkeeping (running averages, ``momentum``, ``None`` momentum, ``num_batches_tracked``,
     evaluation mode) is kept; a replaced ``expand`` or ``reduce`` conv runs as written, and
