@@ -222,9 +222,14 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def _maps(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _pixels(x: torch.Tensor) -> tuple[int, int, int]:
+    """``(N, H, W)`` of an ``(N, C, H, W)`` tensor: the pixel grid its rows run over."""
+    return x.shape[0], x.shape[2], x.shape[3]
+
+
+def _maps(rows: torch.Tensor, pixels: tuple[int, int, int]) -> torch.Tensor:
     """Inverse of :func:`_rows`: ``(N*H*W, C)`` rows as a channels-last ``(N, C, H, W)`` view."""
-    n, _, h, w = like.shape
+    n, h, w = pixels
     return rows.view(n, h, w, rows.shape[1]).permute(0, 3, 1, 2)
 
 
@@ -320,7 +325,7 @@ class _ExpandBNReLU(torch.autograd.Function):
         ctx.save_for_backward(*fold, out)
         ctx.gradient_masked = gradient_masked
         ctx.mark_non_differentiable(mean, unbiased)
-        return _maps(out, x), mean, unbiased
+        return _maps(out, _pixels(x)), mean, unbiased
 
     @staticmethod
     @once_differentiable
@@ -335,7 +340,7 @@ class _ExpandBNReLU(torch.autograd.Function):
             u = torch.ops.aten.threshold_backward(u, out, 0)
         d_weight, d_gamma, d_beta, cross = _fold_backward(fold, (u.T @ fold.ones).double(), u.dtype)
         d_rows = _matmul_t(fold.ones, cross.T).addmm_(u, fold.folded.to(u.dtype))
-        return _maps(d_rows, grad), d_weight, d_gamma, d_beta, None, None
+        return _maps(d_rows, _pixels(grad)), d_weight, d_gamma, d_beta, None, None
 
 
 class _NativeExpandMinUnit(torch.autograd.Function):
@@ -357,11 +362,10 @@ class _NativeExpandMinUnit(torch.autograd.Function):
                 eps: float, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int, unit_eps: float,
                 reduce_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fold, weights, mean, unbiased = _fold_forward(x, weight, gamma, beta, eps)
-        size = (x.shape[0], x.shape[2], x.shape[3])
         out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, unit_eps, reduce_weight,
-                                              kernels.Expansion(fold.ones, weights, size))
+                                              kernels.Expansion(fold.ones, weights, _pixels(x)))
         ctx.save_for_backward(*fold, weights, weight_v, weight_g, stats, reduce_weight)
-        ctx.stride, ctx.size = stride, size
+        ctx.stride, ctx.pixels = stride, _pixels(x)
         ctx.mark_non_differentiable(mean, unbiased)
         return out, mean, unbiased
 
@@ -371,14 +375,13 @@ class _NativeExpandMinUnit(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad: torch.Tensor, _mean: torch.Tensor, _var: torch.Tensor) -> tuple:
         *saved, weights, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
         fold = _Folded(*saved)
-        expansion = kernels.Expansion(fold.ones, weights, ctx.size)
+        expansion = kernels.Expansion(fold.ones, weights, ctx.pixels)
         _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
             grad, None, weight_v, weight_g, stats, ctx.stride, True, expansion, reduce_weight)
         d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, weights.dtype)
         d_rows = expansion.grad_rows.addmm_(fold.ones, cross)
-        n, h, w = ctx.size
-        x_grad = d_rows.view(n, h, w, -1).permute(0, 3, 1, 2)  # channels-last, like x
-        return x_grad, d_weight, d_gamma, d_beta, None, d_weight_v, d_weight_g, None, None, d_reduce
+        return (_maps(d_rows, ctx.pixels), d_weight, d_gamma, d_beta, None, d_weight_v, d_weight_g, None, None,
+                d_reduce)
 
 
 def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = None,
@@ -394,12 +397,13 @@ def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = No
     would, running statistics folded into the conv weights in evaluation mode.
     """
     conv, bn = seq[0], seq[1]
+    native = then is not None and reduce is not None and _foldable(reduce) and then.runs_natively(x)
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     if bn.training or bn.running_mean is None:
-        if then is not None and reduce is not None and _foldable(reduce) and then.runs_natively(x):
+        if native:
             out, mean, var = _NativeExpandMinUnit.apply(x, conv.weight, bn.weight, bn.bias, bn.eps,
                                                         then.filter_v.weight, then.filter_g.weight,
                                                         then.filter_v.stride[0], then.eps, reduce[0].weight)
@@ -414,11 +418,10 @@ def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, then: MinUnit | None = No
         gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
         weight = conv.weight * gain.view(-1, 1, 1, 1)
         bias = bn.bias - bn.running_mean * gain
-        if (then is not None and reduce is not None and _foldable(reduce) and then.runs_natively(x)
-                and not torch.is_grad_enabled()):  # inference: the whole branch up to reduce's BN in one pass
+        if native and not torch.is_grad_enabled():  # inference: the whole branch up to reduce's BN in one pass
             rows = torch.cat([_rows(x), x.new_ones(x.numel() // x.shape[1], 1)], dim=1)  # [x, 1]
             expansion = kernels.Expansion(rows, torch.cat([weight.flatten(1), bias[:, None]], dim=1).float(),
-                                          (x.shape[0], x.shape[2], x.shape[3]))
+                                          _pixels(x))
             out, _ = kernels.min_unit_forward(None, then.filter_v.weight, then.filter_g.weight,
                                               then.filter_v.stride[0], then.eps, reduce[0].weight, expansion)
             return reduce[1:](out)
@@ -483,8 +486,9 @@ class MinBlock(nn.Module):
     float32 maps, in training mode and in inference without gradients, the folded expansion,
     the Min-unit and the ``reduce`` conv then run as one native kernel
     (:class:`_NativeExpandMinUnit`, :mod:`minnets.kernels`): the block's wide maps (the
-    expansion's and the unit's outputs and their gradients) never cross main memory. Without the kernel (no C compiler, ``MINNETS_NATIVE=0``, other dtypes)
-    the Min-unit runs as in :class:`MinUnit` and ``reduce`` as its modules. BatchNorm's
+    expansion's and the unit's outputs and their gradients) never cross main memory. Without
+    the kernel (no C compiler, ``MINNETS_NATIVE=0``, other dtypes) the Min-unit runs as in
+    :class:`MinUnit` and ``reduce`` as its modules. BatchNorm's
     bookkeeping (running averages, ``momentum``, ``None`` momentum, ``num_batches_tracked``,
     evaluation mode) is kept; a replaced ``expand`` or ``reduce`` conv runs as written, and
     forward hooks on the fused convs do not fire. Other devices run the modules as they are.

@@ -17,8 +17,6 @@ DEMO_MODELS = ("resnet_n3", "min_resnet_n3")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.dataset != "shapes10" and not args.data:
-        raise MinnetsError(f"--dataset {args.dataset} needs --data DIR (a folder holding the dataset) or --download")
     overrides = {"dataset": args.dataset, "recipe": "quick", "epochs": args.epochs}
     if args.subset:
         overrides["subset"] = args.subset
@@ -41,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="minnets-demo", type=Path, help="output folder (default: %(default)s)")
     parser.add_argument("--dataset", default="shapes10", choices=("shapes10", "cifar10", "cifar100"))
-    parser.add_argument("--data", metavar="DIR", help="dataset folder for cifar10/cifar100")
+    parser.add_argument("--data", metavar="DIR", help="dataset folder for cifar10/cifar100 (default: $MINNETS_DATA)")
     parser.add_argument("--download", action="store_true", help="fetch CIFAR if it is missing")
     parser.add_argument("--models", default=",".join(DEMO_MODELS), help="comma-separated (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=4, help="per run (default: %(default)s)")

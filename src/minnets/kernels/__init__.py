@@ -167,7 +167,7 @@ def _shape(x: torch.Tensor | None, expansion: Expansion | None) -> tuple[int, in
     """(n, c, h, w) of the unit's input, given or to be computed from the expansion."""
     if expansion is None:
         return tuple(x.shape)
-    n, h, w = expansion.size
+    n, h, w = expansion.pixels
     return n, expansion.weights.shape[0], h, w
 
 
@@ -250,7 +250,7 @@ class Expansion:
 
     Inputs: ``rows``, the conv's input minus its batch mean with a column of ones,
     ``(pixels, d_in + 1)`` in channels-last pixel order; ``weights``, ``[folded | bias]``
-    ``(channels, d_in + 1)``, so that the unit's input is ``ReLU(rows @ weights^T)``; ``size``,
+    ``(channels, d_in + 1)``, so that the unit's input is ``ReLU(rows @ weights^T)``; ``pixels``,
     ``(n, h, w)``; float32. Outputs of :func:`min_unit_backward`, allocated by it: ``grad_rows``
     ``(pixels, d_in)`` receives ``folded^T u`` at every pixel and ``sums`` ``(channels, d_in + 1)``
     (float64) receives ``u^T rows``, with ``u`` the gradient at the ReLU's output.
@@ -258,7 +258,7 @@ class Expansion:
 
     rows: torch.Tensor
     weights: torch.Tensor
-    size: tuple[int, int, int]
+    pixels: tuple[int, int, int]
     folded: torch.Tensor = field(init=False)
     weights_t: torch.Tensor = field(init=False)
     grad_rows: torch.Tensor | None = field(init=False, default=None)
