@@ -251,7 +251,7 @@ def test_minnets_jpeg_on_a_hand_made_run(tmp_path, capsys, monkeypatch: pytest.M
     # Keep the test fast: a small shapes10 (100 training, 50 test images) instead of the full one.
     small = data.make_shapes10(seed=0, n_train=100, n_test=50)
     calls = []
-    monkeypatch.setattr(robustness, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or small)
+    monkeypatch.setattr(robustness.evaluate, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or small)
 
     cache_dir = tmp_path / "cache"
     argv = ["jpeg", str(run_dir), "--qualities", "10,50", "--device", "cpu", "--cache-dir", str(cache_dir)]
