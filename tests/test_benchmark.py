@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,14 @@ def test_allocator_tuning_applies_on_glibc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     expected = sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver())
     assert out.strip() == str(expected)
+
+
+def test_profiler_logging_does_not_reach_the_output():
+    """Kineto writes its ``USDT:`` lines to the process's stderr (fd 2), so capsys cannot see them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("KINETO_LOG_LEVEL", None)
+    result = subprocess.run([sys.executable, "-m", "minnets", "benchmark", "--models", "resnet_n3", *TINY],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "USDT" not in result.stderr + result.stdout and "profiler_start" not in result.stderr
+    assert result.stdout.splitlines()[1].startswith("resnet_n3")

@@ -52,3 +52,10 @@ def test_python_dash_m_minnets_models_runs_in_a_subprocess() -> None:
     assert result.returncode == 0, result.stderr
     rows = rows_by_name(result.stdout)
     assert all(rows[name][-1] == "yes" for name in NAMES)
+
+
+def test_a_pattern_that_matches_nothing_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "nothing*"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "no model matches 'nothing*'" in captured.err

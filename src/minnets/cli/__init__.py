@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from minnets import __version__
 from minnets.errors import MinnetsError
 
 COMMAND_MODULES = (
@@ -23,6 +24,7 @@ COMMAND_MODULES = (
     "minnets.cli.jpeg",
     "minnets.cli.sweep",
     "minnets.cli.demo",
+    "minnets.cli.cache",
 )
 
 
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minnets",
         description="Min-Nets: models, CIFAR training, JPEG robustness and the paper's reports.",
     )
+    parser.add_argument("--version", action="version", version=f"minnets {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from minnets.errors import MinnetsError
 from minnets.models import count_parameters, create_model, list_models, model_info
 
 
 def run(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        raise MinnetsError(f"no model matches {args.pattern!r}; `minnets models` lists all "
+                           f"{len(list_models())} (patterns are shell-style, e.g. 'min_*')")
     rows = []
-    for name in list_models(args.pattern):
+    for name in names:
         params = count_parameters(create_model(name))
         paper = model_info(name)["paper_params"]
         rows.append((name, f"{params:,}", f"{paper:,}", "yes" if params == paper else "NO"))
