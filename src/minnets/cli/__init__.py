@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "minnets.cli.benchmark",
     "minnets.cli.report",
     "minnets.cli.jpeg",
+    "minnets.cli.robustness",
     "minnets.cli.sweep",
     "minnets.cli.demo",
     "minnets.cli.cache",
