@@ -8,7 +8,9 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 from PIL import Image
 
 from minnets.cli import main
@@ -30,21 +32,25 @@ def jpeg_values(final: float, seed: int) -> dict[int, tuple[float, float]]:
 
 def write_run(root: Path, model: str, seed: int, final: float | None, min_err: float | None,
               jpeg: bool, dataset: str = "cifar10", epochs: int = 200,
-              modes: tuple[str, ...] = ("paper",)) -> Path:
-    """A run directory in the documented format; ``final=None`` leaves it unfinished."""
-    run = root / dataset / f"{model}_seed{seed}"
+              modes: tuple[str, ...] = ("paper",), **config_keys: object) -> Path:
+    """A run directory in the documented format; ``final=None`` leaves it unfinished.
+
+    ``config_keys`` are added to (or replace) config.json's keys, e.g. ``test_subset=200``;
+    a name-only key ``folder`` puts the run below another folder than the dataset's.
+    """
+    run = root / str(config_keys.pop("folder", dataset)) / f"{model}_seed{seed}"
     run.mkdir(parents=True)
     family, depth, min_net = "resnet", 3, model.startswith("min_")
     config = {"model": model, "dataset": dataset, "seed": seed, "epochs": epochs,
               "batch_size": 128, "lr": 0.1, "recipe": "resnet", "subset": None, "init": "paper",
-              "versions": {"torch": "2.13.0"}}
+              "versions": {"torch": "2.13.0"}, **config_keys}
     (run / "config.json").write_text(json.dumps(config))
     done = 3 if final is not None else 2
     errors = [40.0, min_err or 20.0, final or 25.0][:done]
     with open(run / "metrics.csv", "w", newline="") as handle:
         handle.write("epoch,lr,train_loss,train_err,test_loss,test_err,seconds\n")
         for epoch, err in enumerate(errors, start=1):
-            handle.write(f"{epoch},0.1,1.0,30.0,1.2,{err},10.0\n")
+            handle.write(f"{epoch},0.1,1.0,{round(err - 5, 6)},1.2,{err},10.0\n")  # train error 5 points lower
     if final is None:
         return run
     summary = {"model": model, "dataset": dataset, "family": family, "depth": depth,
@@ -209,8 +215,13 @@ def test_other_datasets_and_settings_are_reported_without_paper_comparison(tmp_p
     assert float(five["final_mean"]) == pytest.approx(10 / 3, abs=1e-4) and five["n_expected"] == ""
     assert five["paper_final_mean"] == "n/a" and five["diff_final_mean"] == "n/a"
     text = report.read_text()
-    assert "## Experiment: cifar100 (epochs=5)" in text and "every paper column is n/a" in text
-    assert "| resnet_n3 | 270,298 | n/a | 3 | 3.33 | 0.58 | 3.00 | 4.00 | n/a |" in text
+    assert "## Experiment: cifar100 (epochs=5)" in text and "this experiment has no paper columns" in text
+    # Table 1 on a dataset the paper never used: no paper or Δ columns at all, not columns of n/a.
+    table = text[text.index("## Experiment: cifar100 (epochs=5)"):]
+    table = table[table.index("(a) After the last epoch"):table.index("### Figure 2")]
+    assert "| model | params | seeds | mean | std | min | max |" in table
+    assert "| resnet_n3 | 270,298 | 3 | 3.33 | 0.58 | 3.00 | 4.00 |" in table
+    assert "n/a" not in table and "paper" not in table and "Δ" not in table
     assert "| cifar100 (epochs=5) | resnet_n3 | 0 |" in text  # listed as a repeated seed
     assert "| cifar100/resnet_n3_seed0 | paper | 50 40 30 20 10 |" in text  # incomplete JPEG
     assert "Expected by the paper's grid" not in text  # not a CIFAR-10 paper grid
@@ -254,3 +265,92 @@ def test_cli_builds_the_report_and_prints_errors_as_one_line(tmp_path: Path, cap
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("minnets: error: no run directories found")
+
+
+def test_runs_on_a_test_subset_are_neither_averaged_with_full_test_runs_nor_taken_for_the_recipe(
+        tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "resnet_n3", 9, 8.0, 7.9, False)
+    write_run(root, "resnet_n3", 16, 30.0, 29.0, False, test_subset=200, folder="quick")
+    report = build_report(root, tmp_path / "out", data_root=tmp_path)
+    rows = {row["setting"]: row for row in read_csv(tmp_path / "out" / "table1.csv") if row["model"] == "resnet_n3"}
+    assert set(rows) == {"test_subset=None", "test_subset=200"}
+    assert float(rows["test_subset=None"]["final_mean"]) == 8.0 and rows["test_subset=None"]["n_seeds"] == "1"
+    assert float(rows["test_subset=200"]["final_mean"]) == 30.0
+    text = report.read_text()
+    quick = text[text.index("## Experiment: cifar10 (test_subset=200)"):]
+    assert "**Not the paper's recipe**: ResNet runs with test_subset = 200 test images (paper: all)" in quick
+    full = text[text.index("## Experiment: cifar10 (test_subset=None)"):text.index("## Experiment: cifar10 (test_subset=200)")]
+    assert "Not the paper's recipe" not in full
+    assert "tested on the first 200 test images" in text[:text.index("Built by")]
+
+
+def test_figure5_reads_the_data_folder_the_runs_recorded(tmp_path: Path, cifar_root: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINNETS_DATA", raising=False)
+    write_run(tmp_path / "runs", "resnet_n3", 9, 8.0, 7.9, False, data=str(cifar_root))
+    report = build_report(tmp_path / "runs", tmp_path / "out")  # no --data
+    assert "![Figure 5: cifar10 test image 0 (cat) at every JPEG quality]" in report.read_text()
+    assert (tmp_path / "out" / "fig5_jpeg_examples.png").is_file()
+
+
+def test_figure2_legend_names_only_what_is_drawn(tmp_path: Path) -> None:
+    from minnets.reports import figures
+    from minnets.reports.runs import find_runs
+    from minnets.reports.tables import build_experiments
+
+    root = tmp_path / "runs"
+    write_run(root, "resnet_n3", 9, 8.0, 7.9, False)  # one seed: no std bars, no min-max band
+    for seed, final in ((9, 7.5), (16, 7.9)):
+        write_run(root, "min_resnet_n3", seed, final, final - 0.1, False)
+    (experiment,) = build_experiments(find_runs(root)[0])
+    fig = figures.error_vs_params(experiment, tmp_path / "fig2.png")
+    (legend,) = fig.legends
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert "ours: baseline, one seed" in labels and "ours: Min-Net, mean ± std" in labels
+    assert "ours: Min-Net, min to max" in labels
+    assert not any("baseline, min to max" in label or "baseline, mean ± std" in label for label in labels)
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    # Bars and band (collections) of the Min-Net only: blue; the baseline (black) has none to draw.
+    colors = {tuple(np.round(c.get_edgecolor()[0][:3], 3)) for c in ax.collections}
+    assert len(ax.collections) == 2 and colors == {tuple(np.round(to_rgb("tab:blue"), 3))}
+
+
+def test_training_curves_share_one_linear_axis_and_show_train_beside_test_error(tmp_path: Path) -> None:
+    from minnets.reports import figures
+    from minnets.reports.runs import find_runs
+    from minnets.reports.tables import build_experiments
+
+    root = tmp_path / "runs"
+    write_run(root, "resnet_n3", 9, 8.0, 7.9, False)
+    write_run(root, "min_resnet_n3", 9, 7.5, 7.4, False)
+    write_run(root, "min_resnet_n3", 16, None, None, False)  # unfinished: drawn faint
+    (experiment,) = build_experiments(find_runs(root)[0])
+    fig = figures.training_curves(experiment, "resnet", tmp_path / "curves.png")
+    train_ax, test_ax = fig.axes  # one row: the grid's N = 5, 7, 9 have no runs yet, so no rows
+    assert "train error" in train_ax.get_title() and "test error" in test_ax.get_title()
+    assert train_ax.get_yscale() == test_ax.get_yscale() == "linear"
+    assert test_ax.get_shared_y_axes().joined(train_ax, test_ax)
+    # Both models in the same panels, in the paper's styles: baseline black dashed, Min-Net blue solid.
+    drawn = [line for line in test_ax.get_lines() if len(line.get_xdata())]
+    assert {(line.get_color(), line.get_linestyle()) for line in drawn} == {("black", "--"), ("tab:blue", "-")}
+    assert sorted(tuple(line.get_ydata()) for line in test_ax.get_lines() if len(line.get_xdata())) == [
+        (40.0, 7.4, 7.5), (40.0, 7.9, 8.0), (40.0, 20.0)]
+    assert sorted(tuple(line.get_ydata()) for line in train_ax.get_lines()) == [
+        (35.0, 2.4, 2.5), (35.0, 2.9, 3.0), (35.0, 15.0)]
+    labels = [text.get_text() for text in test_ax.get_legend().get_texts()]
+    assert labels == ["baseline (resnet_n3): 1 seed", "Min-Net (min_resnet_n3): 1 seed + 1 unfinished"]
+    assert all(float(tick).is_integer() for tick in train_ax.get_xticks())
+
+
+def test_a_demo_report_says_first_that_shapes10_is_not_a_benchmark_and_gives_the_recipe(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "resnet_n3", 0, 30.0, 29.0, False, dataset="shapes10", epochs=4, recipe="quick",
+              subset=5000)
+    text = build_report(root, tmp_path / "out").read_text()
+    head = text.splitlines()[:8]
+    assert any("**shapes10 is demo data, not a benchmark**" in line for line in head)
+    assert any("recipe `quick`, 4 epochs, batch 128, lr 0.1; trained on the first 5,000 training images, "
+               "tested on all test images; 1 seed (0), 1 run." in line for line in head), head
+    assert "1 run: 1 finished, 0 unfinished. Datasets: shapes10 (1 run)." in text
+    assert "1 runs" not in text

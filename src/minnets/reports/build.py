@@ -30,12 +30,15 @@ from minnets.reports.tables import (
     paper_mode_first,
     table1_rows,
 )
+from minnets.text import plural
 
 EXAMPLE_INDEX = 0  # the test image shown in Figure 5
+DEMO_DATASETS = ("shapes10",)  # generated for demos and tests; its numbers measure nothing the paper did
 CONVENTIONS = (
     "Test errors and POCP (percentage of changed predictions) are in percent. *mean*, *std*, "
     "*min*, *max* are over seeds; *std* is the sample standard deviation (ddof=1). *paper* "
-    "columns are the published numbers (paper Tables 1-5, SPEC sections 4 and 9) and "
+    "columns are the published numbers (the paper's Figure 2 and Tables 1-5, and the parameter "
+    "counts of its models) and "
     "*Δ* = ours - paper. **missing**: no finished run or result yet; **–**: not published "
     "(the paper gives no min, max or min-over-epochs numbers for the ResNets) or undefined "
     "(the std of one seed); **n/a**: the paper has no comparable number (a dataset other than "
@@ -46,7 +49,8 @@ CONVENTIONS = (
 def build_report(runs_root: Path, out_dir: Path, data_root: Path | None = None) -> Path:
     """Write report.md, its figures and CSVs for every run below ``runs_root``; returns report.md.
 
-    ``data_root`` is where the runs' dataset lives, for the example image of Figure 5.
+    ``data_root`` is where the runs' dataset lives, for the example image of Figure 5; by
+    default the folder the runs themselves recorded (their config's ``data``), else $MINNETS_DATA.
     """
     runs_root, out_dir = Path(runs_root), Path(out_dir)
     runs, skipped = find_runs(runs_root)
@@ -58,7 +62,7 @@ def build_report(runs_root: Path, out_dir: Path, data_root: Path | None = None) 
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     experiments = build_experiments(runs)
-    lines = _header(runs_root, runs, skipped)
+    lines = _header(runs_root, runs, skipped, experiments)
     table1, jpeg = [], {"test_err": [], "pocp": []}
     for experiment in experiments:
         rows = table1_rows(experiment)
@@ -76,20 +80,28 @@ def build_report(runs_root: Path, out_dir: Path, data_root: Path | None = None) 
     return report
 
 
-def _header(runs_root: Path, runs: list[Run], skipped: list[tuple[str, str]]) -> list[str]:
+def _header(runs_root: Path, runs: list[Run], skipped: list[tuple[str, str]],
+            experiments: list[Experiment]) -> list[str]:
     finished = sum(run.finished for run in runs)
     datasets: dict[str, int] = {}
     for run in runs:
         datasets[run.dataset] = datasets.get(run.dataset, 0) + 1
-    counts = f"{len(runs)} runs: {finished} finished, {len(runs) - finished} unfinished"
+    counts = f"{plural(len(runs), 'run')}: {finished} finished, {len(runs) - finished} unfinished"
     if skipped:
-        counts += f", plus {len(skipped)} unreadable run directories (see Missing)"
+        counts += f", plus {plural(len(skipped), 'unreadable run directory', 'unreadable run directories')} (see Missing)"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return [
-        "# Min-Nets report",
+    lines = ["# Min-Nets report", ""]
+    demo = sorted(set(datasets) & set(DEMO_DATASETS))
+    if demo:
+        lines += [f"**{' and '.join(demo)} is demo data, not a benchmark**: generated images for trying "
+                  "the tools quickly; its numbers are not comparable with the paper's, which are on "
+                  f"{published.paper_dataset()}.", ""]
+    lines += ["Recipes:", ""]
+    lines += [f"- {line}" for experiment in experiments for line in _recipe_lines(experiment)]
+    return lines + [
         "",
         f"Built by minnets {__version__} on {stamp} from `{runs_root}`.",
-        f"{counts}. Datasets: " + ", ".join(f"{d} ({n} runs)" for d, n in sorted(datasets.items())) + ".",
+        f"{counts}. Datasets: " + ", ".join(f"{d} ({plural(n, 'run')})" for d, n in sorted(datasets.items())) + ".",
         "Every run is one row of [runs.csv](runs.csv); gaps are listed under "
         "[Missing and unfinished](#missing-and-unfinished).",
         "",
@@ -98,24 +110,53 @@ def _header(runs_root: Path, runs: list[Run], skipped: list[tuple[str, str]]) ->
     ]
 
 
+def _recipe_lines(experiment: Experiment) -> list[str]:
+    """What the runs of an experiment did, one line per family: recipe, epochs, images, seeds."""
+    lines = []
+    for family in experiment.families():
+        runs = [run for group in experiment.models if group.family == family for run in group.runs]
+        if not runs:
+            continue
+
+        def values(key: str) -> str:
+            found = sorted({run.config.get(key) for run in runs}, key=lambda v: (v is None, str(v)))
+            return " or ".join("?" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in found)
+
+        def images(key: str, what: str) -> str:
+            counts = {run.config.get(key) for run in runs}
+            if counts == {None}:
+                return f"all {what} images"
+            return "the first " + " or ".join("all" if n is None else f"{n:,}" for n in sorted(
+                counts, key=lambda n: (n is None, n))) + f" {what} images"
+
+        seeds = sorted({run.seed for run in runs}, key=lambda s: (s is None, s))
+        label = FAMILY_LABELS.get(family, "other models")
+        lines.append(f"{experiment.title}, {label}: recipe `{values('recipe')}`, {values('epochs')} epochs, "
+                     f"batch {values('batch_size')}, lr {values('lr')}; trained on {images('subset', 'training')}, "
+                     f"tested on {images('test_subset', 'test')}; "
+                     f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}), {plural(len(runs), 'run')}.")
+    return lines
+
+
 def _experiment_section(experiment: Experiment, table1: list[dict[str, Any]], out_dir: Path,
                         jpeg: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [f"## Experiment: {experiment.title}", ""]
     if experiment.setting:
         lines += [f"Runs with these settings only: {experiment.setting}.", ""]
     if not experiment.paper_applies:
-        lines += ["The paper reports CIFAR-10 only, so every paper column is n/a here.", ""]
+        lines += [f"The paper reports {published.paper_dataset()} only, so this experiment has no paper "
+                  "columns.", ""]
     for family in experiment.grid_families:
         grid = published.paper_grid(family)
         lines += [f"The {grid['label']} runs follow the paper's grid (seeds "
                   f"{', '.join(map(str, grid['seeds']))}; {grid['epochs']} epochs); absent "
                   "models and seeds are listed under Missing.", ""]
     lines += _recipe_notes(experiment)
-    lines += _table1_markdown(table1)
+    lines += _table1_markdown(table1, paper=experiment.paper_applies)
     slug = experiment.slug
     fig2 = f"fig2_error_vs_params_{slug}.png"
     lines += ["### Figure 2: test error against parameters", ""]
-    if figures.error_vs_params(experiment, out_dir / fig2):
+    if figures.error_vs_params(experiment, out_dir / fig2) is not None:
         lines += [f"![Figure 2: test error against parameters]({fig2})", "",
                   "Diamonds: our mean over seeds; bars: std; shaded: min to max over seeds; "
                   "faint dotted circles: the paper's means.", ""]
@@ -138,7 +179,8 @@ def _experiment_section(experiment: Experiment, table1: list[dict[str, Any]], ou
             if figures.jpeg_curves(experiment, mode, metric, out_dir / name):
                 lines += [f"![Figure {number}: {what} against JPEG quality, mode {mode}]({name})", ""]
     lines += ["### Training curves", "",
-              "Test error after every epoch; dashed lines are unfinished runs.", ""]
+              "Train error (left) and test error (right) after every epoch, one line per seed; baseline "
+              "and Min-Net share each panel; faint lines are unfinished runs.", ""]
     for family in experiment.families():
         name = f"curves_{slug}_{family or 'other'}.png"
         figures.training_curves(experiment, family, out_dir / name)
@@ -158,30 +200,34 @@ def _recipe_notes(experiment: Experiment) -> list[str]:
             continue
         epochs = sorted({run.config.get("epochs") for run in runs} - {None, grid["epochs"]})
         subsets = sorted({run.config.get("subset") for run in runs} - {None})
-        if epochs or subsets:
+        test_subsets = sorted({run.config.get("test_subset") for run in runs} - {None})
+        if epochs or subsets or test_subsets:
             what = [f"epochs = {', '.join(map(str, epochs))} (paper: {grid['epochs']})"] if epochs else []
             what += [f"subset = {', '.join(map(str, subsets))} training images (paper: all)"] if subsets else []
+            what += [f"test_subset = {', '.join(map(str, test_subsets))} test images (paper: all)"] if test_subsets else []
             notes += [f"**Not the paper's recipe**: {grid['label']} runs with {' and '.join(what)}; "
                       "compare with the paper columns for orientation only.", ""]
     return notes
 
 
-def _table1_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def _table1_markdown(rows: list[dict[str, Any]], paper: bool) -> list[str]:
+    """Table 1 in two parts; ``paper``: with the published numbers and Δ (on the paper's dataset)."""
     lines = ["### Table 1: test error after the last epoch and minimum over all epochs", "",
              "All numbers: [table1.csv](table1.csv).", ""]
     for prefix, title in (("final", "(a) After the last epoch"),
                           ("min", "(b) Minimum over all epochs")):
-        header = ["model", "params", "paper params", "seeds"] if prefix == "final" else ["model", "seeds"]
-        header += list(STATS) + [f"paper {s}" for s in STATS] + ["Δ mean", "Δ std"]
+        header = ["model", "params"] + (["paper params"] if paper else []) if prefix == "final" else ["model"]
+        header += ["seeds", *STATS] + ([f"paper {s}" for s in STATS] + ["Δ mean", "Δ std"] if paper else [])
         body = []
         for row in rows:
             cells = [row["model"]]
             if prefix == "final":
-                cells += [_fmt_int(row["params"]), _fmt_int(row["paper_params"])]
+                cells += [_fmt_int(row["params"])] + ([_fmt_int(row["paper_params"])] if paper else [])
             cells.append(_seeds_cell(row))
             cells += [_fmt(row[f"{prefix}_{s}"], missing="missing" if s != "std" else "–") for s in STATS]
-            cells += [_fmt(row[f"paper_{prefix}_{s}"]) for s in STATS]
-            cells += [_fmt(row[f"diff_{prefix}_{s}"], signed=True) for s in ("mean", "std")]
+            if paper:
+                cells += [_fmt(row[f"paper_{prefix}_{s}"]) for s in STATS]
+                cells += [_fmt(row[f"diff_{prefix}_{s}"], signed=True) for s in ("mean", "std")]
             body.append(cells)
         lines += [f"{title}:", "", *_md_table(header, body), ""]
     return lines
@@ -227,15 +273,27 @@ def _jpeg_markdown(experiment: Experiment, mode: str,
 
 
 def _figure5_section(experiments: list[Experiment], data_root: Path | None, out_dir: Path) -> list[str]:
-    """Figure 5 from the first experiment's dataset (CIFAR-10 when there is any)."""
+    """Figure 5 from the first experiment's dataset (CIFAR-10 when there is any).
+
+    The images come from ``data_root`` if given, else from the data folders the runs recorded
+    (the first that loads), else from the dataset's default ($MINNETS_DATA).
+    """
     dataset = experiments[0].dataset
     modes = paper_mode_first({m for e in experiments for m in e.jpeg_modes()} | {published.paper_jpeg_mode()})
     lines = ["## Figure 5: one test image at every JPEG quality", ""]
-    try:
-        data = load_dataset(dataset, root=data_root)
-    except (MinnetsError, OSError) as error:
+    recorded = [run.config.get("data") for e in experiments if e.dataset == dataset for run in e.runs]
+    roots = [data_root] if data_root is not None else [*dict.fromkeys(r for r in recorded if r), None]
+    problems = []
+    for root in roots:
+        try:
+            data = load_dataset(dataset, root=root)
+            break
+        except (MinnetsError, OSError) as error:
+            problems.append(str(error))
+    else:
         return lines + [f"**Figure 5 is missing**: the test images of `{dataset}` could not be "
-                        f"loaded ({error}). Rebuild with `--data DIR` pointing at the dataset.", ""]
+                        f"loaded ({'; '.join(dict.fromkeys(problems))}). Rebuild with `--data DIR` "
+                        "pointing at the dataset.", ""]
     name = "fig5_jpeg_examples.png"
     label = data.classes[int(data.test_labels[EXAMPLE_INDEX])]
     title = f"{dataset} test image {EXAMPLE_INDEX} ({label})"

@@ -7,8 +7,6 @@ sources are never confused.
 
 from __future__ import annotations
 
-import itertools
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
 from minnets.jpeg import compress
 from minnets.reports import published
@@ -28,6 +26,7 @@ from minnets.reports.tables import (
     Experiment,
     ModelGroup,
 )
+from minnets.text import plural
 
 DPI = 150
 UPSCALE = 8  # nearest-neighbour factor for Figure 5 (32 x 32 -> 256 x 256 pixels)
@@ -68,12 +67,12 @@ def _variants(experiment: Experiment, family: str, min_net: bool) -> list[ModelG
     )
 
 
-def error_vs_params(experiment: Experiment, path: Path) -> bool:
-    """Figure 2: final test error against parameters, one panel per family; False if no data."""
+def error_vs_params(experiment: Experiment, path: Path) -> Figure | None:
+    """Figure 2: final test error against parameters, one panel per family; None if no data."""
     families = [f for f in _known_families(experiment)
                 if any(g.finished for g in experiment.models if g.family == f)]
     if not families:
-        return False
+        return None
     fig = _figure(figsize=(max(6.4 * len(families), 8.0), 5.4))
     axes = fig.subplots(1, len(families), squeeze=False)
     handles: dict[str, Any] = {}
@@ -99,28 +98,36 @@ def error_vs_params(experiment: Experiment, path: Path) -> bool:
     fig.suptitle("Figure 2: test error against model size")
     _figure_legend(fig, handles)
     _save(fig, path)
-    return True
+    return fig
 
 
 def _plot_our_means(ax: Axes, family: str, points: list[tuple[int, Any, int]],
                     style: dict[str, Any], handles: dict[str, Any]) -> None:
+    """Our means (diamonds), std bars and min-max band; the legend names only what is drawn.
+
+    Bars and band need two seeds of a model; with one seed per model there is neither.
+    """
     x = np.array([p[0] for p in points]) / 1e3
     stats = [p[1] for p in points]
     mean = np.array([s.mean for s in stats])
     low, high = [s.min for s in stats], [s.max for s in stats]
-    if len(points) > 1:
-        band = ax.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
-    else:  # a band needs two points: show the single min-max range as a wide faint bar
-        band = ax.vlines(x, low, high, color=style["color"], alpha=0.15, linewidth=12)
-    bars = ax.errorbar(x, mean, yerr=[s.std or 0.0 for s in stats], color=style["color"],
+    spread = any(s.n > 1 for s in stats)
+    bars = ax.errorbar(x, mean, yerr=[s.std or 0.0 for s in stats] if spread else None, color=style["color"],
                        linestyle=style["linestyle"], marker="D", markersize=6, capsize=4)
+    if spread:
+        if len(points) > 1:
+            band = ax.fill_between(x, low, high, color=style["color"], alpha=0.15, linewidth=0)
+        else:  # a band needs two points: show the single min-max range as a wide faint bar
+            band = ax.vlines(x, low, high, color=style["color"], alpha=0.15, linewidth=12)
+        handles[f"ours: {style['name']}, mean ± std"] = bars
+        handles[f"ours: {style['name']}, min to max"] = band
+    else:
+        handles[f"ours: {style['name']}, one seed"] = bars
     # baseline labels above right, Min-Net labels below left: Min-Nets sit lower and to the left
     offset, align = ((-8, -13), "right") if style["name"] == "Min-Net" else ((7, 5), "left")
     for xi, yi, (_, _, depth) in zip(x, mean, points):
         ax.annotate(f"{DEPTH_SYMBOLS[family]}={depth}", (xi, yi), xytext=offset, ha=align,
                     textcoords="offset points", fontsize=8, color=style["color"])
-    handles[f"ours: {style['name']}, mean ± std"] = bars
-    handles[f"ours: {style['name']}, min to max"] = band
 
 
 def _plot_paper_means(ax: Axes, groups: list[ModelGroup], style: dict[str, Any],
@@ -214,62 +221,60 @@ def _paper_curve(group: ModelGroup, metric: str) -> tuple[list[int], list[float]
     return qs, [values[q] for q in qs]
 
 
-def training_curves(experiment: Experiment, family: str | None, path: Path) -> None:
-    """Test error per epoch for every run of a family: a panel per model, a line per seed.
-
-    Known families are laid out as rows baseline / Min-Net and one column per depth.
-    """
-    groups = [g for g in experiment.models if g.family == family]
+def training_curves(experiment: Experiment, family: str | None, path: Path) -> Figure:
+    """Train and test error per epoch: a row per depth (or per model outside the paper's
+    families), train error left and test error right on one y-axis per row, baseline and
+    Min-Net in the same panels in the paper's styles, one line per seed. Models without runs
+    (the paper grid's absent ones) get no row: the report lists them under Missing."""
+    groups = [g for g in experiment.models if g.family == family and g.runs]
     if family is None:
-        ncols = min(4, len(groups))
-        cells = {(i // ncols, i % ncols): g for i, g in enumerate(groups)}
-        nrows = math.ceil(len(groups) / ncols)
+        rows = [[g] for g in groups]
+        titles = [g.model for g in groups]
     else:
         depths = sorted({g.depth for g in groups})
-        variants = sorted({bool(g.min_net) for g in groups})
-        cells = {(variants.index(bool(g.min_net)), depths.index(g.depth)): g for g in groups}
-        nrows, ncols = len(variants), len(depths)
-    seeds = sorted({run.seed for g in groups for run in g.runs}, key=lambda s: (s is None, s))
-    colors = {seed: matplotlib.colormaps["tab10"](i % 10) for i, seed in enumerate(seeds)}
-    fig = _figure(figsize=(max(4.2 * ncols, 6.4), 3.4 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for row, col in itertools.product(range(nrows), range(ncols)):
-        ax = axes[row][col]
-        group = cells.get((row, col))
-        if group is None:
-            ax.set_visible(False)
-            continue
-        ax.set_title(group.label, fontsize=10)
-        curves = [run for run in group.runs if run.curve]
-        if not curves:
-            ax.text(0.5, 0.5, "no finished epoch yet" if group.runs else "no runs yet",
-                    transform=ax.transAxes, ha="center", color="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        for run in sorted(curves, key=lambda r: (r.seed is None, r.seed)):
-            epochs, errors = zip(*run.curve)
-            label = f"seed {run.seed}" + ("" if run.finished else " (unfinished)")
-            ax.plot(epochs, errors, color=colors[run.seed], linewidth=1.0,
-                    linestyle="-" if run.finished else "--", label=label)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
-        ax.tick_params(axis="y", which="minor", labelsize=7)
-        ax.grid(alpha=0.3, which="both")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test error (%, log scale)")
-        ax.legend(fontsize=7, loc="upper right")
+        rows = [sorted((g for g in groups if g.depth == d), key=lambda g: bool(g.min_net)) for d in depths]
+        titles = [f"{FAMILY_LABELS[family]} {DEPTH_SYMBOLS[family]}={d}" for d in depths]
+    fig = _figure(figsize=(10.0, 3.2 * len(rows) + 0.8))
+    axes = fig.subplots(len(rows), 2, squeeze=False, sharex=True)
+    for row, (cells, title) in enumerate(zip(rows, titles)):
+        train_ax, test_ax = axes[row]
+        test_ax.sharey(train_ax)
+        drawn = False
+        for index, group in enumerate(cells):
+            style = _style(bool(group.min_net)) if family is not None else {
+                "color": matplotlib.colormaps["tab10"](index % 10), "linestyle": "-", "name": group.model}
+            runs = sorted((run for run in group.runs if run.curve), key=lambda r: (r.seed is None, r.seed))
+            for run in runs:
+                epochs, train, test = zip(*run.curve)
+                alpha = 0.9 if run.finished else 0.35
+                for ax, values in ((train_ax, train), (test_ax, test)):
+                    ax.plot(epochs, values, color=style["color"], linestyle=style["linestyle"],
+                            linewidth=1.2, alpha=alpha, marker="." if len(epochs) < 30 else None)
+                drawn = True
+            unfinished = sum(not run.finished for run in runs)
+            label = f"{style['name']} ({group.model}): {plural(len(runs) - unfinished, 'seed')}"
+            if unfinished:
+                label += f" + {unfinished} unfinished"
+            test_ax.plot([], [], color=style["color"], linestyle=style["linestyle"], label=label)
+        for ax, what in ((train_ax, "train"), (test_ax, "test")):
+            ax.set_title(f"{title}: {what} error", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+            if row == len(rows) - 1:
+                ax.set_xlabel("epoch")
+        train_ax.set_ylabel("error (%)")
+        if drawn:
+            train_ax.set_ylim(bottom=0)
+            test_ax.legend(fontsize=8, loc="upper right")
+        else:
+            for ax in (train_ax, test_ax):
+                ax.text(0.5, 0.5, "no finished epoch yet", transform=ax.transAxes, ha="center", color="gray")
+                ax.set_yticks([])
     name = FAMILY_LABELS.get(family, "other models")
     fig.suptitle(f"Training curves: {name} on {experiment.title}")
     _save(fig, path)
-
-
-def _minor_label(value: float, _pos: int) -> str:
-    """Label some minor ticks: a log axis spanning about one decade has one major tick at most."""
-    leading = round(value / 10 ** math.floor(math.log10(value)))
-    return f"{value:g}" if leading in (2, 3, 4, 6) else ""
+    return fig
 
 
 def jpeg_examples(image: np.ndarray, modes: list[str], title: str, path: Path) -> None:

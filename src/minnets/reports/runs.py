@@ -17,12 +17,13 @@ from minnets.errors import MinnetsError
 from minnets.models import model_info
 from minnets.robustness import JPEG_CSV, read_jpeg_csv
 from minnets.training.rundir import CONFIG, SUMMARY, read_json, read_metrics
+from minnets.training.trainer import IDENTITY_KEYS
 
-# Config keys that change what a run measures; runs that differ in one of them are never averaged.
-SETTING_KEYS = (
-    "epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma",
-    "recipe", "subset", "init", "amp", "float64",
-)
+# What tells one run of an experiment from another: its model and seed (and the dataset, by
+# which the report groups first). Every other identity key of the run contract is a setting:
+# runs that differ in one are never averaged (the same list decides whether a run may resume).
+PER_RUN_KEYS = ("model", "dataset", "num_classes", "seed")
+SETTING_KEYS = tuple(key for key in IDENTITY_KEYS if key not in PER_RUN_KEYS)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Run:
     family: str | None
     depth: int | None
     min_net: bool | None
-    curve: tuple[tuple[int, float], ...]  # (epoch, test error in %) per finished epoch
+    curve: tuple[tuple[int, float, float], ...]  # (epoch, train error, test error in %) per finished epoch
     jpeg: dict[str, dict[int, dict[str, Any]]] | None  # mode -> quality -> jpeg.csv row; None: no file
 
     @property
@@ -114,7 +115,7 @@ def read_run(run_dir: Path, name: str) -> Run:
         family=family,
         depth=depth,
         min_net=min_net,
-        curve=tuple((int(row["epoch"]), row["test_err"]) for row in read_metrics(run_dir)),
+        curve=tuple((int(row["epoch"]), row["train_err"], row["test_err"]) for row in read_metrics(run_dir)),
         jpeg=_read_jpeg(run_dir),
     )
 
