@@ -181,7 +181,8 @@ def apgd_checkpoints(n_iter: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * n_iter) for q in p if q <= 1} - {0})
+    # Rounded first, so that 0.41 * 100 (41.000000000000007 in floats) gives 41, not 42.
+    return sorted({math.ceil(round(q * n_iter, 9)) for q in p if q <= 1} - {0})
 
 
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
@@ -358,12 +359,14 @@ class AdversarialSuite(Suite):
         preds = self._memo.get(tag)
         if preds is None:
             preds = _load_preds(clean, tag, n)
+            if preds is not None:
+                self._memo[tag] = preds
         if preds is None:
             value = parse_eps(eps)
             images = run_attack(attack, clean, value, self.norm, _level_seed(self.seed, attack, self.norm, value),
                                 indices, desc=f"check: {attack} {self.norm} eps {eps}")
             preds = predict01(clean.model01(), images, clean.batch_size)
-        self._remember(clean, tag, preds)
+            self._remember(clean, tag, preds)
         return preds
 
     def finish(self, rows: list[Row], clean: Clean) -> list[Row]:
