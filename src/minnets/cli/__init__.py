@@ -23,9 +23,11 @@ COMMAND_MODULES = (
     "minnets.cli.report",
     "minnets.cli.jpeg",
     "minnets.cli.robustness",
+    "minnets.cli.analyze",
     "minnets.cli.sweep",
     "minnets.cli.demo",
     "minnets.cli.cache",
+    "minnets.cli.corruptions",
 )
 
 
