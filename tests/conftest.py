@@ -1,14 +1,15 @@
-"""Shared fixtures: the real CIFAR-10 in ../shared/data, and a small thread count."""
+"""Shared fixtures: the real CIFAR-10 ($MINNETS_DATA, else ../shared/data), and a small thread count."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MINNETS_DATA") or REPO_ROOT.parent / "shared" / "data").expanduser()
 
 torch.set_num_threads(2)
 
