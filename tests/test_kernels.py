@@ -73,16 +73,16 @@ def test_native_one_by_one_filters():
 
 @needs_compiler
 def test_input_is_relu_zeroes_the_input_gradient_where_the_input_is_zero():
-    """The promise MinBlock relies on to skip its expansion ReLU's backward pass."""
+    """The promise the fused Min-block relies on to skip its expansion ReLU's backward pass."""
     torch.manual_seed(0)
     unit = MinUnit(12, stride=2)
-    x = torch.relu(torch.randn(3, 12, 9, 9))
+    x = torch.relu(torch.randn(3, 12, 9, 9)).contiguous(memory_format=torch.channels_last)
     upstream = torch.randn(3, 12, 5, 5)
     plain = gradients(unit, x, upstream, plain=True)
-    plain[1] = plain[1] * (x > 0)
-    assert_matches_float64(gradients(unit, x, upstream, input_is_relu=True), plain)
-    with kernels.use_native(False):  # the PyTorch path keeps the same promise
-        assert_matches_float64(gradients(unit, x, upstream, input_is_relu=True), plain)
+    weights = unit.filter_v.weight.detach(), unit.filter_g.weight.detach()
+    out, stats = kernels.min_unit_forward(x, *weights, 2, unit.eps)
+    grad_x, grad_v, grad_g, _ = kernels.min_unit_backward(upstream, x, *weights, stats, 2, True)
+    assert_matches_float64([out, grad_x, grad_v, grad_g], [plain[0], plain[1] * (x > 0), *plain[2:]])
 
 
 @needs_compiler

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "usable", "use_native", "min_unit_forward", "min_unit_backward", "Expansion", "build"]
+__all__ = ["available", "enabled", "usable", "use_native", "min_unit_forward", "min_unit_backward", "Expansion", "build"]
 
 SOURCE = Path(__file__).with_name("min_unit.c")
 MAX_KERNEL = 7  # as MAX_KERNEL in the source
@@ -143,14 +143,19 @@ def use_native(enabled: bool) -> Iterator[None]:
         _enabled = before
 
 
+@torch.compiler.assume_constant_result
+def enabled() -> bool:
+    """Whether the kernel is built and not turned off by :func:`use_native` (a constant to
+    ``torch.compile``, which calls :mod:`minnets.ops`' registered operators, not this module)."""
+    return _enabled and available()
+
+
 def usable(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     """Whether the kernel can take this input and these square filters: float32 on the CPU, a
-    channels-last input, filters up to 7 x 7, not inside ``torch.compile`` (which traces the
-    PyTorch path instead), and not turned off."""
-    return (_enabled and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, *weights))
+    channels-last input, filters up to 7 x 7, and not turned off."""
+    return (all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, *weights))
             and all(w.shape[-1] == w.shape[-2] <= MAX_KERNEL for w in weights)
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.compiler.is_compiling() and available())
+            and x.is_contiguous(memory_format=torch.channels_last) and enabled())
 
 
 def _check(status: int) -> None:

@@ -77,10 +77,10 @@ class DenseLayer(nn.Module):
 class DenseMinLayer(nn.Module):
     """A Min-block in a dense block's place: reads the concatenated maps, returns k new ones."""
 
-    def __init__(self, in_channels: int, growth_rate: int, expansion: int = 2) -> None:
+    def __init__(self, in_channels: int, growth_rate: int, expansion: int = 2, unit: str = "min") -> None:
         super().__init__()
         self.in_channels, self.growth_rate = in_channels, growth_rate
-        self.block = MinBlock(in_channels, growth_rate, stride=1, expansion=expansion, projection=True)
+        self.block = MinBlock(in_channels, growth_rate, stride=1, expansion=expansion, projection=True, unit=unit)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.block(torch.cat(list(features), 1))
@@ -155,15 +155,17 @@ def densenet_bc(
     expansion: int = 2,
     memory_efficient: bool = False,
     init: str = "published",
+    unit: str = "min",
 ) -> DenseNetBC:
-    """DenseNet-BC of depth ``L`` (``(L - 4) / 6`` layers per block); ``min_net`` applies the rule."""
+    """DenseNet-BC of depth ``L`` (``(L - 4) / 6`` layers per block); ``min_net`` applies the rule,
+    with Min-units of the AND operator ``unit`` (see :class:`minnets.MinUnit`)."""
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"DenseNet-BC depth L must be 6n + 4 with n >= 1 (22, 58, 100, ...), got {depth}")
     model = DenseNetBC((depth - 4) // 6, num_classes, growth_rate, memory_efficient=memory_efficient)
     if min_net:
         replace_first_blocks(
             (block.layers for block in model.stacks),
-            lambda layer: DenseMinLayer(layer.in_channels, layer.growth_rate, expansion),
+            lambda layer: DenseMinLayer(layer.in_channels, layer.growth_rate, expansion, unit),
         )
     initialize(model, "densenet", min_net, init)
     return model

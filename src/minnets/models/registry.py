@@ -39,11 +39,23 @@ def _unknown(name: str) -> MinnetsError:
     return MinnetsError(f"unknown model {name!r}; {hint} (see `minnets models`)")
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
-    """Build a registered model; ``kwargs`` go to its family's builder (init, expansion, ...)."""
+def create_model(name: str, num_classes: int = 10, *, unit: str = "min", **kwargs: Any) -> nn.Module:
+    """Build a registered model; ``kwargs`` go to its family's builder (init, expansion, ...).
+
+    ``unit`` is the AND operator of a Min-Net's Min-units (:mod:`minnets.ops.operators`:
+    ``"min"``, the paper's, ``"product"``, ``"smoothmin:tau=0.1"``, ...); a baseline has no
+    Min-units and takes only the default.
+    """
     if name not in _BUILDERS:
         raise _unknown(name)
-    return _BUILDERS[name](num_classes=num_classes, **kwargs)
+    from minnets.ops import get_operator
+
+    operator = get_operator(unit)  # an unknown operator: one line, before anything is built
+    if not _INFO[name]["min_net"]:
+        if operator.name != "min" or operator.params:
+            raise MinnetsError(f"{name} has no Min-units, so unit={unit!r} cannot apply; use a min_* model")
+        return _BUILDERS[name](num_classes=num_classes, **kwargs)
+    return _BUILDERS[name](num_classes=num_classes, unit=operator.spec, **kwargs)
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -89,14 +89,16 @@ def cifar_resnet(
     min_net: bool = False,
     expansion: int = 2,
     init: str = "published",
+    unit: str = "min",
 ) -> CifarResNet:
-    """The paper's ResNet with N = ``blocks_per_stack``; ``min_net`` applies the design rule."""
+    """The paper's ResNet with N = ``blocks_per_stack``; ``min_net`` applies the design rule,
+    with Min-units of the AND operator ``unit`` (see :class:`minnets.MinUnit`)."""
     if blocks_per_stack < 1:
         raise ValueError(f"blocks_per_stack must be >= 1, got {blocks_per_stack}")
     model = CifarResNet(blocks_per_stack, num_classes)
     if min_net:
         replace_first_blocks(
-            model.stacks, lambda block: MinBlock(block.d_in, block.d_out, block.stride, expansion)
+            model.stacks, lambda block: MinBlock(block.d_in, block.d_out, block.stride, expansion, unit=unit)
         )
     initialize(model, "resnet", min_net, init)
     return model

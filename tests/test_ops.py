@@ -1,0 +1,138 @@
+"""AND operators (their formulas, names, models) and the registered Min-unit operators.
+
+Each operator is checked against its formula written out here (SPEC's operator table, from
+the paper and FP-nets); each device path of ``minnets::min_unit`` and of the fused Min-block
+against the composite reference (outputs, input and filter gradients, BatchNorm running
+statistics; strides 1 and 2, odd widths, batch 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import minnets
+from minnets import kernels, ops
+from minnets.errors import MinnetsError
+from minnets.layers import MinBlock, MinUnit
+from minnets.models import count_parameters
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FORMULAS = {  # operator spec -> the formula on two rectified responses, element by element
+    "min": lambda a, b: min(a, b),
+    "product": lambda a, b: a * b,
+    "max": lambda a, b: max(a, b),
+    "sum": lambda a, b: a + b,
+    "smoothmin": lambda a, b: -0.1 * math.log(math.exp(-a / 0.1) + math.exp(-b / 0.1)),
+    "smoothmin:tau=0.5": lambda a, b: -0.5 * math.log(math.exp(-a / 0.5) + math.exp(-b / 0.5)),
+    "powermean": lambda a, b: ((a ** -4 + b ** -4) / 2) ** (-1 / 4),
+    "powermean:p=3": lambda a, b: ((a ** 3 + b ** 3) / 2) ** (1 / 3),
+    "powermean:p=0": lambda a, b: math.sqrt(a * b),
+    "geomean": lambda a, b: math.sqrt(a * b + 1e-6),
+    "single": lambda a, b: a,
+}
+
+
+def responses(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    return torch.rand(40, dtype=torch.float64) * 3 + 0.01, torch.rand(40, dtype=torch.float64) * 3 + 0.01
+
+
+@pytest.mark.parametrize("spec", FORMULAS)
+def test_every_operator_is_its_formula(spec):
+    a, b = responses()
+    expected = torch.tensor([FORMULAS[spec](x, y) for x, y in zip(a.tolist(), b.tolist())], dtype=torch.float64)
+    torch.testing.assert_close(ops.get_operator(spec)(a, b), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", FORMULAS)
+def test_every_operator_has_finite_gradients_where_responses_are_zero(spec):
+    """The ReLUs make zeros common; no operator may turn them into NaN or infinite gradients."""
+    a = torch.tensor([0.0, 0.0, 1.0, 2.0], requires_grad=True)
+    b = torch.tensor([0.0, 1.0, 0.0, 2.0], requires_grad=True)
+    out = ops.get_operator(spec)(a, b)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(a.grad).all()
+    assert b.grad is None if spec == "single" else torch.isfinite(b.grad).all()
+
+
+def test_smoothmin_lies_below_min_and_tends_to_it():
+    a, b = responses(1)
+    assert (ops.get_operator("smoothmin")(a, b) <= torch.minimum(a, b)).all()
+    gap = (ops.get_operator("smoothmin:tau=0.001")(a, b) - torch.minimum(a, b)).abs().max()
+    assert gap <= 0.001 * math.log(2) + 1e-12
+
+
+def test_names_parameters_and_their_canonical_spelling():
+    assert ops.operator_names()[0] == "min" and set(FORMULAS) >= {*ops.operator_names()}
+    operator = ops.get_operator("powermean: p = -2 ")
+    assert dict(operator.params) == {"p": -2.0, "eps": 1e-6}
+    assert operator.spec == "powermean:p=-2,eps=1e-06"
+    assert ops.get_operator(operator.spec) == operator
+    assert ops.get_operator("min").spec == "min"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("minn", r"unknown AND operator 'minn'; did you mean min"),
+    ("produkt", r"did you mean product"),
+    ("zzz", r"known: min, product, max, sum"),
+    ("smoothmin:temperature=1", r"'temperature=1' is not KEY=VALUE with a known key \(parameters: tau\)"),
+    ("smoothmin:tau=0", r"tau must be > 0"),
+    ("powermean:p=x", r"p must be a number"),
+    ("product:p=1", r"parameters: none"),
+])
+def test_bad_names_are_one_line_errors(spec, message):
+    with pytest.raises(MinnetsError, match=message) as caught:
+        ops.get_operator(spec)
+    assert "\n" not in str(caught.value)
+
+
+def plain_responses(unit: MinUnit, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``ReLU(IN(v * x))`` and ``ReLU(IN(g * x))`` with torch's own instance norm, in float64."""
+    def response(conv):
+        return F.relu(F.instance_norm(F.conv2d(x.double(), conv.weight.double(), stride=conv.stride,
+                                               padding=conv.padding, groups=conv.groups), eps=unit.eps))
+    return response(unit.filter_v), None if unit.filter_g is None else response(unit.filter_g)
+
+
+@pytest.mark.parametrize("spec", FORMULAS)
+def test_min_unit_combines_its_responses_with_the_operator(spec):
+    torch.manual_seed(3)
+    unit = MinUnit(5, stride=2, unit=spec)
+    x = torch.randn(2, 5, 7, 7)
+    a, b = plain_responses(unit, x)
+    b = a if b is None else b
+    if spec.startswith("powermean"):  # documented: responses clamped at eps before the power
+        a, b = a.clamp_min(1e-6), b.clamp_min(1e-6)
+    expected = torch.tensor([FORMULAS[spec](p, q) for p, q in zip(a.flatten().tolist(), b.flatten().tolist())],
+                            dtype=torch.float64).view_as(a)
+    torch.testing.assert_close(unit(x).double(), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_single_drops_filter_g_and_its_parameters():
+    """``single``: one filter per channel, 9 weights fewer per hidden map (f = 2 d_out)."""
+    hidden = 2 * (16 + 32 + 64)  # min_resnet_n3's Min-blocks: d_out 16, 32, 64
+    assert count_parameters(minnets.create_model("min_resnet_n3", unit="single")) == 217_082 - 9 * hidden == 215_066
+    block = MinBlock(8, 16, unit="single")
+    assert block.min_unit.filter_g is None and "min_unit.filter_g.weight" not in block.state_dict()
+
+
+@pytest.mark.parametrize("spec", ["product", "smoothmin:tau=0.2", "geomean", "max"])
+def test_other_operators_keep_the_published_layout_and_counts(spec):
+    plain, other = minnets.create_model("min_densenet_l22"), minnets.create_model("min_densenet_l22", unit=spec)
+    assert count_parameters(other) == count_parameters(plain) == 57_040
+    assert {k: v.shape for k, v in other.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    other.load_state_dict(plain.state_dict())
+
+
+def test_create_model_refuses_an_operator_for_a_baseline_and_unknown_names():
+    with pytest.raises(MinnetsError, match="resnet_n3 has no Min-units"):
+        minnets.create_model("resnet_n3", unit="product")
+    with pytest.raises(MinnetsError, match="unknown AND operator"):
+        minnets.create_model("min_resnet_n3", unit="mni")
+    assert minnets.create_model("min_resnet_n3", unit="smoothmin:tau=0.3").stacks[0][0].min_unit.operator.spec == \
+        "smoothmin:tau=0.3"
