@@ -141,8 +141,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@functools.cache
-def _frost_pictures(folder: str) -> tuple[np.ndarray, ...]:
+@functools.lru_cache(maxsize=4)
+def _frost_pictures(folder: str, stamp: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, ...]:
+    """Read and check once per folder state (``stamp``: size and mtime of each file)."""
     pictures = []
     for name, (sha256, _) in FROST_FILES.items():
         path = Path(folder) / name
@@ -164,7 +165,15 @@ def frost_pictures(folder: str | os.PathLike[str] | None) -> tuple[np.ndarray, .
     if folder is None:
         raise MinnetsError("the frost corruption needs the six frost pictures of hendrycks/robustness: "
                            "pass --frost DIR, or fetch them with `minnets corruptions make --download`")
-    return _frost_pictures(str(Path(folder).expanduser().resolve()))
+    folder = Path(folder).expanduser().resolve()
+    stamp = []
+    for name in FROST_FILES:
+        try:
+            info = (folder / name).stat()
+            stamp.append((info.st_size, info.st_mtime_ns))
+        except OSError:
+            stamp.append((-1, -1))  # missing: _frost_pictures says so
+    return _frost_pictures(str(folder), tuple(stamp))
 
 
 # /////////////// helpers of several corruptions ///////////////
