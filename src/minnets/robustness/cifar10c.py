@@ -162,6 +162,7 @@ def download_frost(folder: str | os.PathLike[str] | None = None, base_url: str =
 
 def library_versions() -> dict[str, str]:
     """Versions of everything the corruptions' pixels depend on (ImageMagick only when used)."""
+    C.require_extra()
     import cv2
     import PIL
     import scipy

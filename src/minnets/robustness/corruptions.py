@@ -109,6 +109,17 @@ def check_corruption(name: str, severity: int) -> None:
 
 
 @functools.cache
+def require_extra() -> None:
+    """A one-line error when the ``corruptions`` extra (SciPy, scikit-image) is not installed."""
+    try:
+        import scipy.ndimage  # noqa: F401
+        import skimage.color  # noqa: F401
+    except ImportError as error:
+        raise MinnetsError(f"CIFAR-10-C corruptions need SciPy and scikit-image ({error}): "
+                           "pip install 'minnets[corruptions]'") from None
+
+
+@functools.cache
 def wand_works() -> bool:
     """Whether Wand imports and its MagickWand library runs a motion blur (the original's path)."""
     try:
@@ -516,6 +527,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, seed: int = 0, star
     ``use_wand``: ImageMagick for motion blur and snow (default: when :func:`wand_works`).
     """
     check_corruption(name, severity)
+    require_extra()
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (SIZE, SIZE, 3):
         raise MinnetsError(f"corruptions take uint8 N x {SIZE} x {SIZE} x 3 images, got {images.dtype} "
