@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="REPORT_DIR", type=Path, required=True,
                         help="folder for report.md, figures and CSVs (created if needed)")
     parser.add_argument("--data", metavar="DIR", type=Path, default=None,
-                        help="dataset root, for the example image of Figure 5 (default: $MINNETS_DATA)")
+                        help="dataset root, for the example image of Figure 5 (default: the folder the runs "
+                        "recorded, else $MINNETS_DATA)")
     parser.set_defaults(handler=_run)
 
 
