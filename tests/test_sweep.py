@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from minnets.cli import main
+from minnets.config import RunConfig
 from minnets.errors import MinnetsError
 from minnets.sweep import Job, JobLock, SlurmOptions, load_grid, make_jobs, parse_gpus, run_sweep
 from minnets.sweep.locks import Holder, _start_time, process_alive
@@ -64,8 +65,11 @@ def test_json_grid_with_patterns_default_seeds_and_overrides(tmp_path: Path) -> 
     assert [job.name for job in jobs[:3]] == ["min_resnet_n3-s9", "min_resnet_n5-s9", "densenet_l22-s9"]
     assert sorted(job.seed for job in jobs if job.model == "densenet_l22") == [9, 507, 723]
     assert sorted(job.seed for job in jobs if job.model == "min_resnet_n5") == [9, 16, 507, 723, 744]
-    assert jobs[0].train_args() == ["--model", "min_resnet_n3", "--seed", "9", "--dataset", "shapes10",
-                                    "--epochs", "2", "--lr", "0.05", "--channels-last"]
+    assert jobs[0].config() == RunConfig(model="min_resnet_n3", seed=9, dataset="shapes10", epochs=2, lr=0.05,
+                                         channels_last=True, device="cpu")
+    off = load_grid(write_grid(tmp_path, {"models": ["resnet_n3"], "seeds": [1],
+                                          "overrides": {"channels_last": False, "nesterov": False}}, "off.json"))
+    assert off[0].config().channels_last is False and off[0].config().nesterov is False  # switched off from a grid
     quick = load_grid(write_grid(tmp_path, {"models": ["resnet_n3"], "overrides": {"recipe": "quick"}}, "q.json"))
     assert [job.seed for job in quick] == [0, 1, 2]
 
@@ -81,12 +85,18 @@ def test_json_grid_with_patterns_default_seeds_and_overrides(tmp_path: Path) -> 
     ({"models": ["resnet_n3"], "overrides": {"epochs": "3"}}, "must be an integer or null"),
     ({"models": ["resnet_n3"], "overrides": {"compile": 1}}, "must be true or false"),
     ({"models": ["resnet_n3"], "overrides": {"recipe": "fast"}}, "unknown recipe"),
+    # values `minnets train` would refuse, refused before any job starts
+    ({"models": ["resnet_n3"], "overrides": {"amp": "fp16"}}, r"job resnet_n3-s9: --amp must be one of none, bf16"),
+    ({"models": ["resnet_n3"], "overrides": {"dataset": "imagenet"}}, "--dataset must be one of"),
+    ({"models": ["resnet_n3"], "overrides": {"epochs": 0}}, "--epochs must be at least 1, got 0"),
+    ({"models": ["resnet_n3"], "overrides": {"lr": -1}}, "--lr must be a finite number above 0"),
+    ({"models": ["resnet_n3"], "overrides": {"unit": "product"}}, "--unit product needs a Min-Net"),
     ([1, 2], "JSON object"),
 ])
 def test_bad_grid_files_are_one_line_errors(tmp_path: Path, data: object, message: str) -> None:
     with pytest.raises(MinnetsError, match=message) as error:
         load_grid(write_grid(tmp_path, data))
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and str(tmp_path / "grid.json") in str(error.value)
 
 
 def test_unknown_grid_name_and_broken_json(tmp_path: Path) -> None:
@@ -103,6 +113,7 @@ def test_dry_run_prints_one_line_per_run_with_its_status(tmp_path: Path, capsys:
     (root / NAMES[0]).mkdir(parents=True)
     (root / NAMES[0] / "config.json").write_text("{}")
     (root / NAMES[0] / "summary.json").write_text("{}")
+    (root / NAMES[0] / "model.safetensors").write_text("")
     (root / NAMES[1]).mkdir()
     (root / NAMES[1] / "config.json").write_text("{}")
     lock = JobLock(lock_path(root.resolve(), NAMES[1]))
@@ -137,19 +148,24 @@ def test_reproduce_is_the_paper_grid_and_checks_the_data_first(tmp_path: Path, c
 def test_stages_needed_follow_summary_and_jpeg_csv(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    assert stages_needed(run, evaluate=True) == ["train", "jpeg"]
-    assert stages_needed(run, evaluate=False) == ["train"]
+    assert stages_needed(run, ("jpeg",)) == ["train", "jpeg"]
+    assert stages_needed(run, ()) == ["train"]
     (run / "summary.json").write_text("{}")
-    assert stages_needed(run, evaluate=False) == []
-    assert stages_needed(run, evaluate=True) == ["jpeg"]
+    assert stages_needed(run, ()) == ["train"]  # finished, but its weights are lost: train rebuilds them
+    (run / "model.safetensors").write_text("")
+    assert stages_needed(run, ()) == []
+    assert stages_needed(run, ("jpeg",)) == ["jpeg"]
     header = "quality,mode,test_err,pocp,n_images,codec\n"
-    rows = [f"{q},paper,10.0,{0.0 if q == 100 else 1.0},2000,opencv" for q in range(100, 0, -10)]
+    from minnets.robustness import get_suite
+
+    codec = get_suite("jpeg").version()  # rows of another codec version are evaluated again
+    rows = [f"{q},paper,10.0,{0.0 if q == 100 else 1.0},2000,{codec}" for q in range(100, 0, -10)]
     (run / "jpeg.csv").write_text(header + "\n".join(rows[:-1]) + "\n")  # quality 10 missing
-    assert stages_needed(run, evaluate=True) == ["jpeg"]
+    assert stages_needed(run, ("jpeg",)) == ["jpeg"]
     (run / "jpeg.csv").write_text(header + "\n".join(r.replace("paper", "pillow") for r in rows) + "\n")
-    assert stages_needed(run, evaluate=True) == ["jpeg"]
+    assert stages_needed(run, ("jpeg",)) == ["jpeg"]
     (run / "jpeg.csv").write_text(header + "\n".join(rows) + "\n")
-    assert stages_needed(run, evaluate=True) == []
+    assert stages_needed(run, ("jpeg",)) == []
 
 
 def test_workers_take_gpus_round_robin_or_share_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -385,12 +401,13 @@ def test_two_sweeps_on_one_root_run_each_job_once(tmp_path: Path) -> None:
 
 def test_failing_runs_are_reported_and_runs_held_elsewhere_are_waited_for(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    grid = tiny_grid(tmp_path, seeds=(1,), amp="fp16")  # `minnets train` refuses --amp fp16 at once
+    grid = tiny_grid(tmp_path, seeds=(1,), subset=99_999)  # more than shapes10's 10,000: refused once loaded
     root = tmp_path / "root"
     assert main(["sweep", str(grid), "--out", str(root), "--gpus", "none", "--no-report"]) == 2
     captured = capsys.readouterr()
     assert "FAILED  resnet_n3-s1: train exited with 2" in captured.out
-    assert "invalid choice: 'fp16'" in captured.out
+    assert "--subset must be between 1 and 10000, got 99999" in captured.out
+    assert "sweep finished: all 1 runs failed" in captured.out
     assert "1 of 1 runs failed (resnet_n3-s1)" in captured.err
     assert not list((root / ".locks").glob("*.lock"))
 
@@ -418,6 +435,7 @@ def test_slurm_backend_runs_the_unfinished_jobs_as_tasks(tmp_path: Path) -> None
     jobs, root = make_jobs(["resnet_n3"], [1, 2], TINY), tmp_path / "root"
     (root / jobs[1].name).mkdir(parents=True)  # finished already: not submitted
     (root / jobs[1].name / "summary.json").write_text("{}")
+    (root / jobs[1].name / "model.safetensors").write_text("")
     lines: list[str] = []
     result = run_sweep(jobs, root, backend="slurm", evaluate=False, echo=lines.append,
                        slurm=SlurmOptions(cluster="local", gpus_per_task=0, cpus_per_task=1, time_min=30),

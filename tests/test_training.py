@@ -16,17 +16,23 @@ import torch
 
 from minnets import MinnetsError
 from minnets.cli import main
-from minnets.training import RECIPES, TrainOptions, load_run_model, read_metrics, run_status, train
+from minnets.config import RunConfig
+from minnets.training import RECIPES, load_run_model, read_metrics, run_status
+from minnets.training import train as train_quietly
 from minnets.training.recipes import lr_at_epoch
 
-TINY = dict(model="resnet_n3", dataset="shapes10", subset=128, test_subset=500, batch_size=64, quiet=True, device="cpu")
+TINY = dict(model="resnet_n3", dataset="shapes10", subset=128, test_subset=500, batch_size=64, device="cpu")
 
 
-def tiny(**overrides) -> TrainOptions:
-    return TrainOptions(**{**TINY, "epochs": 2, **overrides})
+def tiny(**overrides) -> RunConfig:
+    return RunConfig(**{**TINY, "epochs": 2, **overrides})
 
 
-def cli_args(options: TrainOptions, out: Path) -> list[str]:
+def train(config: RunConfig, run_dir: Path) -> dict:
+    return train_quietly(config, run_dir, quiet=True)
+
+
+def cli_args(options: RunConfig, out: Path) -> list[str]:
     args = ["train", "--model", options.model, "--dataset", options.dataset, "--subset", str(options.subset),
             "--test-subset", str(options.test_subset),
             "--batch-size", str(options.batch_size), "--epochs", str(options.epochs), "--seed", str(options.seed),
@@ -47,9 +53,18 @@ def test_paper_recipes_match_spec():
     assert resnet.milestones(200) == [100, 150] and densenet.milestones(300) == [150, 225]
     lrs = [lr_at_epoch(0.1, [100, 150], 0.1, epoch) for epoch in range(200)]
     assert lrs[0] == lrs[99] == 0.1
-    assert math.isclose(lrs[100], 0.01) and math.isclose(lrs[149], 0.01)
-    assert math.isclose(lrs[150], 0.001) and math.isclose(lrs[199], 0.001)
+    assert lrs[100] == lrs[149] == 0.01 and lrs[150] == lrs[199] == 0.001  # exact decimals, as published
     assert RECIPES["paper-resnet"].milestones(20) == [10, 15]  # a shortened run keeps the shape
+
+
+@pytest.mark.parametrize(("epochs", "lrs"), [(1, [0.1]), (2, [0.1, 0.01]), (3, [0.1, 0.01, 0.001]),
+                                             (4, [0.1, 0.1, 0.01, 0.001]), (5, [0.1, 0.1, 0.1, 0.01, 0.001])])
+def test_short_schedules_keep_distinct_ordered_drops(epochs, lrs):
+    """--epochs 3 once gave milestones [2, 2]: 0.1, 0.1, 0.001, skipping 0.01."""
+    for recipe in RECIPES.values():
+        milestones = recipe.milestones(epochs)
+        assert milestones == sorted(set(milestones)) and all(1 <= m < epochs for m in milestones)
+        assert [lr_at_epoch(0.1, milestones, 0.1, e) for e in range(epochs)] == lrs, recipe.name
 
 
 def test_run_directory_holds_every_file(tmp_path):
@@ -60,14 +75,14 @@ def test_run_directory_holds_every_file(tmp_path):
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "resnet_n3" and config["recipe"] == "paper-resnet" and config["epochs"] == 2
-    assert config["milestones"] == [1, 2] and config["lr"] == 0.1 and config["subset"] == 128
+    assert config["milestones"] == [1] and config["lr"] == 0.1 and config["subset"] == 128
     assert config["test_subset"] == 500
     assert {"torch", "numpy", "opencv", "device", "git_revision"} <= set(config["versions"])
     header = (run / "metrics.csv").read_text().splitlines()[0]
     assert header == "epoch,lr,train_loss,train_err,test_loss,test_err,seconds"
     rows = read_metrics(run)
     assert [row["epoch"] for row in rows] == [1, 2]
-    assert rows[0]["lr"] == 0.1 and math.isclose(rows[1]["lr"], 0.01)
+    assert rows[0]["lr"] == 0.1 and rows[1]["lr"] == 0.01
     assert all(0 <= row["test_err"] <= 100 and row["test_loss"] > 0 for row in rows)
     assert set(summary) == {"model", "dataset", "family", "depth", "min_net", "num_params", "seed", "final_test_err",
                             "min_test_err", "argmin_epoch", "epochs", "wall_seconds"}
@@ -77,7 +92,7 @@ def test_run_directory_holds_every_file(tmp_path):
     assert run_status(run) == "done"
 
     model, loaded_config = load_run_model(run)
-    assert loaded_config["model"] == "resnet_n3" and not model.training
+    assert loaded_config.model == "resnet_n3" and not model.training
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
@@ -121,7 +136,7 @@ def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(t
     good = (run / "checkpoint.pt").read_bytes()
     (run / "summary.json").unlink()  # ... then pretend the run was meant to go on with a huge lr
     config = json.loads((run / "config.json").read_text())
-    config.update(epochs=3, lr=1e6, milestones=[2, 2])
+    config.update(epochs=3, lr=1e6, milestones=[1, 2])
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(MinnetsError, match=r"diverged in epoch 2 .* keeps the checkpoint of epoch 1"):
         train(tiny(epochs=3, lr=1e6), run)
@@ -129,15 +144,34 @@ def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(t
     assert len(read_metrics(run)) == 1
 
 
-def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
-    for args, expected in (
-        (["--model", "resnet_n4"], "unknown model 'resnet_n4'; did you mean"),
-        (["--model", "resnet_n3", "--subset", "0"], "--subset must be between 1 and"),
-        (["--model", "resnet_n3", "--epochs", "0"], "--epochs must be at least 1"),
-    ):
-        assert main(["train", "--dataset", "shapes10", "--out", str(tmp_path / "x"), *args]) == 2
-        error = capsys.readouterr().err
-        assert error.startswith("minnets: error: ") and expected in error and error.count("\n") == 1
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--model", "resnet_n4"], "unknown model 'resnet_n4'; did you mean"),
+    (["--model", "resnet_n3", "--subset", "0"], "--subset must be at least 1, got 0"),
+    (["--model", "resnet_n3", "--subset", "10001"], "--subset must be between 1 and 10000, got 10001"),
+    (["--model", "resnet_n3", "--epochs", "0"], "--epochs must be at least 1"),
+    (["--model", "resnet_n3", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),  # was: the recipe's 128
+    (["--model", "resnet_n3", "--batch-size", "-4"], "--batch-size must be at least 1, got -4"),
+    (["--model", "resnet_n3", "--lr", "nan"], "--lr must be a finite number above 0, got nan"),
+    (["--model", "resnet_n3", "--lr", "-1"], "--lr must be a finite number above 0, got -1.0"),  # was: a traceback
+    (["--model", "resnet_n3", "--device", "mps"], "--device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+    (["--model", "resnet_n3", "--epochs", "4", "--milestones", "2,2"], "--milestones must be increasing"),
+    (["--model", "resnet_n3", "--epochs", "4", "--milestones", "2,4"], "must lie before --epochs 4"),
+    (["--model", "resnet_n3", "--unit", "product"], "--unit product needs a Min-Net"),
+    (["--model", "resnet_n3", "--amp", "bf16", "--float64"], "--amp and --float64 exclude each other"),
+])
+def test_bad_inputs_give_one_line_errors_and_leave_nothing_behind(tmp_path, capsys, args, expected):
+    assert main(["train", "--dataset", "shapes10", "--out", str(tmp_path / "x"), *args]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("minnets: error: ") and expected in error and error.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_out_that_is_a_file_or_not_a_run_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--model", "resnet_n3", "--dataset", "shapes10", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["train", "--model", "resnet_n3", "--dataset", "shapes10", "--out", str(tmp_path / "file" / "r")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
@@ -168,8 +202,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 
 def test_real_cifar10_a_few_hundred_steps_learn(tmp_path, cifar_root):
-    options = TrainOptions(model="resnet_n3", dataset="cifar10", data=str(cifar_root), subset=16_000, epochs=1,
-                           batch_size=64, quiet=True, device="cpu")
+    options = RunConfig(model="resnet_n3", dataset="cifar10", data=str(cifar_root), subset=16_000, epochs=1,
+                        batch_size=64, device="cpu")
     summary = train(options, tmp_path / "cifar")  # 250 steps, evaluated on all 10,000 test images
     assert summary["final_test_err"] < 75.0, summary
 

@@ -1,18 +1,26 @@
-"""What a sweep runs: jobs (model, seed, train options), from a named grid or a JSON file.
+"""What a sweep runs: jobs (a :class:`~minnets.config.RunConfig` each), from a named grid or a JSON file.
 
-A job's run directory is ``ROOT/<model>-s<seed>`` (e.g. ``min_resnet_n3-s9``). The name does
-not encode the overrides: one ROOT holds one grid configuration, and ``minnets train`` refuses
-to resume a run directory whose config.json disagrees (the job then fails with that message).
+A job's run directory is ``ROOT/<model>-s<seed>`` (e.g. ``min_resnet_n3-s9``), or
+``ROOT/<model>-<unit>-s<seed>`` for a Min-Net with another AND operator than min. The name
+does not encode the other overrides: one ROOT holds one grid configuration, and ``minnets
+train`` refuses to resume a run directory whose config.json disagrees (the job then fails with
+that message).
 
-Named grids (SPEC section 7): ``paper-resnet`` (8 ResNet models x seeds 9, 16, 507, 723, 744:
-40 jobs), ``paper-densenet`` (6 DenseNet models x seeds 9, 507, 723: 18 jobs) and ``paper``
-(both, 58 jobs), all with the paper's recipes.
+Named grids (the paper's Section 3): ``paper-resnet`` (8 ResNet models x seeds 9, 16, 507,
+723, 744: 40 jobs), ``paper-densenet`` (6 DenseNet models x seeds 9, 507, 723: 18 jobs) and
+``paper`` (both, 58 jobs), all with the paper's recipes; ``ablation``: ``min_resnet_n3`` and
+``min_densenet_l22`` with every AND operator of :mod:`minnets.ops.operators` (min, product,
+max, sum, smoothmin, powermean, geomean, single) beside
+their baselines ``resnet_n3`` and ``densenet_l22``, with the paper's recipes and seeds
+(9 x 5 + 9 x 3 = 72 jobs).
 
 A JSON grid file holds ``models`` (names, or shell patterns such as ``"min_resnet_*"``),
 optional ``seeds`` (default: the seeds of each model's recipe, which are the paper's for the
-paper recipes) and optional ``overrides``: ``minnets train`` options under their
-:class:`~minnets.training.TrainOptions` field names, e.g.
-``{"dataset": "shapes10", "epochs": 1, "subset": 256, "device": "cpu"}``.
+paper recipes) and optional ``overrides``: run config fields (:class:`~minnets.config.RunConfig`,
+the options of ``minnets train`` by their Python names), e.g.
+``{"dataset": "shapes10", "epochs": 1, "subset": 256, "channels_last": false, "device": "cpu"}``.
+Every job's config is validated before any job starts: a value ``minnets train`` would refuse
+is one line naming the grid file.
 
 Order: jobs come in rounds, one per seed position: round 1 trains every model with its
 family's first seed, round 2 with the second, and so on; inside a round the models keep the
@@ -26,22 +34,21 @@ worker busy long after the others ran dry.
 from __future__ import annotations
 
 import json
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from minnets.config import RunConfig
 from minnets.errors import MinnetsError
 from minnets.models import list_models, model_info
 from minnets.training.recipes import default_recipe_name, get_recipe
-from minnets.training.trainer import TrainOptions
 
 __all__ = ["Job", "NAMED_GRIDS", "GRID_KEYS", "OVERRIDE_KEYS", "load_grid", "make_jobs", "paper_models"]
 
 GRID_KEYS = ("models", "seeds", "overrides")
-# The sweep sets model and seed per job; output detail is its own business.
-_SWEEP_OWNED = ("model", "seed", "quiet")
-OVERRIDE_KEYS = tuple(f.name for f in fields(TrainOptions) if f.name not in _SWEEP_OWNED)
+# The sweep sets model and seed per job; the trainer fills in the rest of the recorded fields.
+_SWEEP_OWNED = ("model", "seed")
+OVERRIDE_KEYS = tuple(f.name for f in fields(RunConfig) if f.metadata["cli"] and f.name not in _SWEEP_OWNED)
 
 
 @dataclass(frozen=True)
@@ -54,21 +61,12 @@ class Job:
 
     @property
     def name(self) -> str:
-        return f"{self.model}-s{self.seed}"
+        unit = self.overrides.get("unit", "min")
+        return f"{self.model}-s{self.seed}" if unit == "min" else f"{self.model}-{unit}-s{self.seed}"
 
-    def train_args(self) -> list[str]:
-        """``minnets train`` options for this job, without ``--out``, ``--device`` or ``--download``.
-
-        The sweep passes the device per worker (unless the overrides name one) and fetches
-        missing data once before any job starts, so workers never download.
-        """
-        args = ["--model", self.model, "--seed", str(self.seed)]
-        for key, value in self.overrides.items():
-            if key in ("device", "download") or value is None or value is False:
-                continue
-            flag = "--" + key.replace("_", "-")
-            args += [flag] if value is True else [flag, str(value)]
-        return args
+    def config(self) -> RunConfig:
+        """The job's run config (validated), as its worker's ``minnets train --config`` reads it."""
+        return RunConfig(model=self.model, seed=self.seed, **self.overrides).validate()
 
 
 def paper_models(family: str) -> list[str]:
@@ -80,19 +78,23 @@ def paper_models(family: str) -> list[str]:
 
 def make_jobs(models: list[str], seeds: list[int] | None = None, overrides: dict[str, Any] | None = None) -> list[Job]:
     """Jobs in rounds of seeds (see the module docstring); ``seeds=None``: each recipe's seeds."""
-    overrides = dict(overrides or {})
-    per_model = []
-    for model in models:
+    return _rounds([(model, dict(overrides or {})) for model in models], seeds)
+
+
+def _rounds(variants: list[tuple[str, dict[str, Any]]], seeds: list[int] | None) -> list[Job]:
+    """Jobs of (model, overrides) variants, round by round of seeds; duplicates dropped."""
+    per_variant = []
+    for model, overrides in variants:
         if seeds is not None:
             model_seeds = list(seeds)
         else:
             recipe = overrides.get("recipe") or default_recipe_name(model_info(model)["family"])
             model_seeds = list(get_recipe(recipe).seeds)
-        per_model.append((model, model_seeds))
+        per_variant.append((model, overrides, model_seeds))
     jobs: list[Job] = []
     seen: set[str] = set()
-    for position in range(max((len(s) for _, s in per_model), default=0)):
-        for model, model_seeds in per_model:
+    for position in range(max((len(s) for _, _, s in per_variant), default=0)):
+        for model, overrides, model_seeds in per_variant:
             if position < len(model_seeds):
                 job = Job(model, model_seeds[position], overrides)
                 if job.name not in seen:
@@ -101,12 +103,29 @@ def make_jobs(models: list[str], seeds: list[int] | None = None, overrides: dict
     return jobs
 
 
-NAMED_GRIDS = {"paper-resnet": ("resnet",), "paper-densenet": ("densenet",), "paper": ("resnet", "densenet")}
-"""Grid name -> the model families it trains, each with its paper recipe and seeds."""
+ABLATION_MODELS = ("min_resnet_n3", "min_densenet_l22")
+
+
+def ablation_jobs() -> list[Job]:
+    """Each ablation Min-Net with every AND operator, after its baseline (the ``ablation`` grid)."""
+    from minnets.ops import operator_names
+
+    variants: list[tuple[str, dict[str, Any]]] = []
+    for model in ABLATION_MODELS:
+        variants.append((model.removeprefix("min_"), {}))
+        variants += [(model, {} if unit == "min" else {"unit": unit}) for unit in operator_names()]
+    return _rounds(variants, None)
+
+
+NAMED_GRIDS = {"paper-resnet": ("resnet",), "paper-densenet": ("densenet",), "paper": ("resnet", "densenet"),
+               "ablation": ()}
+"""Grid name -> the model families it trains, each with its paper recipe and seeds (the ablation: see above)."""
 
 
 def load_grid(spec: str | Path) -> list[Job]:
-    """The jobs of a named grid (:data:`NAMED_GRIDS`) or of a JSON grid file."""
+    """The jobs of a named grid (:data:`NAMED_GRIDS`) or of a JSON grid file, each config validated."""
+    if str(spec) == "ablation":
+        return ablation_jobs()
     if str(spec) in NAMED_GRIDS:
         return make_jobs([model for family in NAMED_GRIDS[str(spec)] for model in paper_models(family)])
     path = Path(spec)
@@ -119,7 +138,12 @@ def load_grid(spec: str | Path) -> list[Job]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise MinnetsError(f"grid file {path} is not valid JSON ({error}); fix it") from None
-    return _parse_grid(data, path)
+    try:
+        return _parse_grid(data, path)
+    except MinnetsError as error:  # every error names the grid file
+        if f"grid file {path}" in str(error):
+            raise
+        raise MinnetsError(f"grid file {path}: {error}") from None
 
 
 def _parse_grid(data: Any, path: Path) -> list[Job]:
@@ -139,11 +163,17 @@ def _parse_grid(data: Any, path: Path) -> list[Job]:
     overrides = data.get("overrides", {})
     if not isinstance(overrides, dict):
         raise MinnetsError(f'grid file {path}: "overrides" must be an object of `minnets train` options')
-    for key, value in overrides.items():
-        _check_override(path, key, value)
-    if "recipe" in overrides and overrides["recipe"] is not None:
-        get_recipe(overrides["recipe"])
-    return make_jobs(_expand_models(models, path), seeds, overrides)
+    for key in overrides:
+        if key not in OVERRIDE_KEYS:
+            owned = " (the grid sets it per job)" if key in _SWEEP_OWNED else ""
+            raise MinnetsError(f"grid file {path}: unknown override {key!r}{owned}; allowed: {', '.join(OVERRIDE_KEYS)}")
+    jobs = make_jobs(_expand_models(models, path), seeds, overrides)
+    for job in jobs:
+        try:
+            job.config()
+        except MinnetsError as error:  # what `minnets train` would refuse, before any job starts
+            raise MinnetsError(f"job {job.name}: {error}") from None
+    return jobs
 
 
 def _expand_models(models: list[str], path: Path) -> list[str]:
@@ -158,18 +188,3 @@ def _expand_models(models: list[str], path: Path) -> list[str]:
             model_info(entry)  # one-line error naming close matches
             names.append(entry)
     return list(dict.fromkeys(names))
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
-
-
-def _check_override(path: Path, key: str, value: Any) -> None:
-    if key not in OVERRIDE_KEYS:
-        owned = " (the grid sets it per job)" if key in _SWEEP_OWNED else ""
-        raise MinnetsError(f"grid file {path}: unknown override {key!r}{owned}; allowed: {', '.join(OVERRIDE_KEYS)}")
-    hint = typing.get_type_hints(TrainOptions)[key]
-    declared = typing.get_args(hint) or (hint,)
-    accepted = declared + ((int,) if float in declared else ())
-    if isinstance(value, bool) and bool not in declared or not isinstance(value, accepted):
-        expected = " or ".join(_TYPE_NAMES[t] for t in declared)
-        raise MinnetsError(f"grid file {path}: override {key!r} must be {expected}, got {json.dumps(value)}")

@@ -1,11 +1,13 @@
 """Running jobs: worker slots, each job under its lock, each stage a ``minnets`` subprocess.
 
-A job has up to two stages, each one subprocess so that a crash, an out-of-memory kill or a
-SIGKILL of one run never takes the sweep down, and so that ``CUDA_VISIBLE_DEVICES`` pins a
-worker's GPU: ``python -m minnets train ...`` (skipped when summary.json exists; on a partial
-run it resumes from checkpoint.pt) and, when evaluating, ``python -m minnets jpeg RUN_DIR``
-(skipped when jpeg.csv has the paper-mode rows for every quality). Their output is appended
-to ``ROOT/<job>/train.log`` and ``ROOT/<job>/jpeg.log``, each start marked by a line
+A job has stages, each one subprocess so that a crash, an out-of-memory kill or a SIGKILL of
+one run never takes the sweep down, and so that ``CUDA_VISIBLE_DEVICES`` pins a worker's GPU:
+``python -m minnets train --config ROOT/<job>/job.json --out ROOT/<job>`` (the job's
+:class:`~minnets.config.RunConfig`, written by the sweep; skipped when the run is done; on a
+partial run it resumes from checkpoint.pt), then one ``python -m minnets robustness RUN_DIR
+--suite NAME`` per evaluation suite (``Settings.suites``; each skipped when
+:func:`minnets.robustness.suite_complete` says its ``<suite>.csv`` is complete). Their output
+is appended to ``ROOT/<job>/<stage>.log``, each start marked by a line
 ``==== minnets sweep: <stage> <job> on <host> pid <pid> at <time>: <command>``; training is
 not run with ``--quiet``, so train.log gets one line per epoch.
 
@@ -34,17 +36,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from minnets import rundir
 from minnets.errors import MinnetsError
-from minnets.files import read_json
 from minnets.sweep.grid import Job
 from minnets.sweep.locks import HEARTBEAT_SECONDS, STALE_SECONDS, JobLock
-from minnets.training import rundir
 from minnets.training.trainer import format_duration
 
-__all__ = ["Slot", "Settings", "Result", "Progress", "Pool", "local_slots", "stages_needed", "jpeg_complete",
-           "lock_path", "LOG_MARK"]
+__all__ = ["Slot", "Settings", "Result", "Progress", "Pool", "local_slots", "stages_needed", "lock_path",
+           "LOG_MARK", "DEFAULT_SUITES"]
 
 LOG_MARK = "==== minnets sweep:"
+DEFAULT_SUITES = ("jpeg",)  # the paper's evaluation
 STOP_GRACE_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
 
@@ -62,11 +64,12 @@ class Slot:
 class Settings:
     """What a job includes and how often the loop looks around; tests shorten the waits."""
 
-    evaluate: bool = True  # run `minnets jpeg` on every finished run
+    suites: tuple[str, ...] = DEFAULT_SUITES  # `minnets robustness --suite NAME` on every finished run
     stale_seconds: float = STALE_SECONDS
     heartbeat_seconds: float = HEARTBEAT_SECONDS
     poll_seconds: float = 0.5
     recheck_seconds: float = 5.0  # how often a job running elsewhere is looked at again
+    echo_epochs: bool = False  # also show each run's epoch lines (with their ETA) on the console
 
 
 @dataclass(frozen=True)
@@ -130,26 +133,13 @@ def lock_path(root: Path, name: str) -> Path:
     return root / ".locks" / f"{name}.lock"
 
 
-def jpeg_complete(run_dir: Path) -> bool:
-    """Whether jpeg.csv has the paper-mode rows for the original images and every quality."""
-    from minnets.robustness import JPEG_CSV, QUALITIES, read_jpeg_csv
+def stages_needed(run_dir: Path, suites: Sequence[str]) -> list[str]:
+    """What is left of a job: ``train`` unless done, then each suite whose results are incomplete."""
+    from minnets.robustness import suite_complete
 
-    if not (run_dir / JPEG_CSV).is_file():
-        return False
-    try:
-        rows = read_jpeg_csv(run_dir)
-    except MinnetsError:
-        return False  # damaged: evaluating again says why
-    return {100, *QUALITIES} <= {row["quality"] for row in rows if row["mode"] == "paper"}
-
-
-def stages_needed(run_dir: Path, evaluate: bool) -> list[str]:
-    """What is left of a job: ``train`` unless finished, then ``jpeg`` if evaluating and not done."""
     trained = rundir.run_status(run_dir) == "done"
     stages = [] if trained else ["train"]
-    if evaluate and (not trained or not jpeg_complete(run_dir)):
-        stages.append("jpeg")
-    return stages
+    return stages + [suite for suite in suites if not trained or not suite_complete(run_dir, suite)]
 
 
 def _child_setup() -> Callable[[], None]:
@@ -181,6 +171,7 @@ class _Active:
     started: float
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
+    echoed: int = 0  # bytes of the stage's log already scanned for epoch lines
 
 
 class Pool:
@@ -241,18 +232,18 @@ class Pool:
     def _claim(self, job: Job, slot: Slot) -> _Active | Result | str:
         """Start the job in ``slot``; a Result if nothing is left to do; who runs it if it runs elsewhere."""
         run_dir = self.root / job.name
-        if not stages_needed(run_dir, self.settings.evaluate):
+        if not stages_needed(run_dir, self.settings.suites):
             return Result(job, "done", "finished already")
         lock = JobLock(lock_path(self.root, job.name), self.settings.stale_seconds)
         if not lock.try_acquire():
             return lock.blocked_by.describe() if lock.blocked_by else "lock contended"
         try:
-            stages = stages_needed(run_dir, self.settings.evaluate)  # again: it may have finished meanwhile
+            stages = stages_needed(run_dir, self.settings.suites)  # again: it may have finished meanwhile
             if not stages:
                 lock.release()
                 return Result(job, "done", "finished already")
             what = {"pending": "train", "partial": "resume training"}.get(rundir.run_status(run_dir), "")
-            self.say(f"start   {job.name}: {' + '.join(filter(None, [what, 'jpeg' if 'jpeg' in stages else '']))} "
+            self.say(f"start   {job.name}: {' + '.join(filter(None, [what, *(s for s in stages if s != 'train')]))} "
                      f"on {slot.label}")
             active = _Active(job, lock, stages, slot, time.monotonic())
             self._start_stage(active)
@@ -262,9 +253,15 @@ class Pool:
         return active
 
     def _command(self, stage: str, job: Job, slot: Slot) -> list[str]:
-        run_dir = str(self.root / job.name)
-        command = [sys.executable, "-m", "minnets", stage]
-        command += [*job.train_args(), "--out", run_dir] if stage == "train" else [run_dir]
+        """The stage's ``minnets`` command; for training, the job's config is handed over as a file."""
+        run_dir = self.root / job.name
+        command = [sys.executable, "-m", "minnets"]
+        if stage == "train":
+            job_file = run_dir / rundir.JOB
+            job.config().to_json(job_file)
+            command += ["train", "--config", str(job_file), "--out", str(run_dir)]
+        else:
+            command += ["robustness", str(run_dir), "--suite", stage]
         device = job.overrides.get("device") or slot.device
         return command + (["--device", device] if device else [])
 
@@ -277,6 +274,7 @@ class Pool:
         active.log.write(f"{LOG_MARK} {stage} {job.name} on {socket.gethostname()} pid {os.getpid()} at "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n".encode())
         active.log.flush()
+        active.echoed = active.log.tell()
         env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
         active.process = subprocess.Popen(command, stdout=active.log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True,
@@ -286,6 +284,8 @@ class Pool:
         for index, job_state in list(active.items()):
             assert job_state.process is not None and job_state.log is not None
             code = job_state.process.poll()
+            if self.settings.echo_epochs and job_state.stages[0] == "train":
+                self._echo_epochs(job_state)
             if code is None:
                 continue
             job_state.log.close()
@@ -303,9 +303,25 @@ class Pool:
                 self.progress.finish(Result(job_state.job, "failed",
                                             f"{stage} exited with {code}: {_last_line(log)} (log: {log})"))
 
+    def _echo_epochs(self, job_state: _Active) -> None:
+        """Say the epoch lines that the train stage appended to its log since the last look."""
+        assert job_state.log is not None
+        try:
+            with open(job_state.log.name, "rb") as handle:
+                handle.seek(job_state.echoed)
+                text = handle.read()
+        except OSError:
+            return
+        complete = text[:text.rfind(b"\n") + 1]
+        job_state.echoed += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            if line.startswith("epoch "):
+                self.say(f"        {job_state.job.name}: {line.strip()}")
+
     @staticmethod
     def _describe_done(run_dir: Path, started: float) -> str:
-        summary = read_json(run_dir / rundir.SUMMARY)
+        summary = rundir.read_summary(run_dir)
+        assert summary is not None  # the train stage ended with status 0
         return (f"final test error {summary['final_test_err']:.2f}% (min {summary['min_test_err']:.2f}%) "
                 f"in {format_duration(time.monotonic() - started)}")
 

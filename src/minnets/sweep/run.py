@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from minnets import rundir
 from minnets.errors import MinnetsError
 from minnets.sweep.grid import Job, load_grid
 from minnets.sweep.locks import JobLock
-from minnets.sweep.pool import Pool, Progress, Result, Settings, local_slots, lock_path, stages_needed
+from minnets.sweep.pool import DEFAULT_SUITES, Pool, Progress, Result, Settings, local_slots, lock_path, stages_needed
 from minnets.sweep.slurm import SlurmOptions, require_submitit, run_slurm
-from minnets.training import rundir
 
 __all__ = ["BACKENDS", "REPRODUCE_GRIDS", "SweepResult", "describe", "detect_gpus", "parse_gpus", "run_sweep"]
 
@@ -78,8 +78,7 @@ def _prepare_data(jobs: Sequence[Job], download: bool) -> None:
     """Find (or download once, if asked) every CIFAR copy the jobs read, before any job starts."""
     from minnets.data.cifar import CIFAR_SPECS, locate, resolve_root
 
-    needed = {(job.overrides.get("dataset", "cifar10"), job.overrides.get("data"),
-               download or bool(job.overrides.get("download"))) for job in jobs}
+    needed = {(job.overrides.get("dataset", "cifar10"), job.overrides.get("data"), download) for job in jobs}
     for dataset, data, fetch in sorted(needed, key=str):
         if dataset in CIFAR_SPECS:
             locate(CIFAR_SPECS[dataset], resolve_root(data, fetch, dataset), fetch, None, None)
@@ -118,11 +117,12 @@ def _build_report(root: Path, data: str | None, progress: Progress, settings: Se
 
 def run_sweep(
     grid: str | Path | Sequence[Job], root: str | Path, *, workers: int | None = None,
-    gpus: Sequence[str] | None = None, backend: str = "local", evaluate: bool = True, data: str | None = None,
-    download: bool = False, slurm: SlurmOptions = SlurmOptions(), settings: Settings | None = None,
-    echo: Callable[[str], Any] = print,
+    gpus: Sequence[str] | None = None, backend: str = "local", evaluate: bool = True,
+    suites: Sequence[str] = DEFAULT_SUITES, data: str | None = None, download: bool = False,
+    slurm: SlurmOptions = SlurmOptions(), settings: Settings | None = None, echo: Callable[[str], Any] = print,
 ) -> SweepResult:
-    """Run every job of ``grid`` under ``root`` until done or failed; JPEG-evaluate and report if ``evaluate``.
+    """Run every job of ``grid`` under ``root`` until done or failed; if ``evaluate``, run the
+    evaluation ``suites`` on every run and build the report.
 
     ``workers`` defaults to one per GPU (``gpus`` defaults to :func:`detect_gpus`), or one on
     the CPU. ``data`` is passed to every job (``--data``) and to the report. Failed jobs do
@@ -139,14 +139,16 @@ def run_sweep(
         data = str(Path(data).expanduser().resolve())
         jobs = [replace(job, overrides={**job.overrides, "data": data}) for job in jobs]
     root = Path(root).expanduser().resolve()
-    settings = replace(settings or Settings(), evaluate=evaluate)
+    if root.exists() and not root.is_dir():
+        raise MinnetsError(f"--out {root} is a file, not a folder; choose another --out")
+    settings = replace(settings or Settings(), suites=check_suites(suites) if evaluate else ())
     _prepare_data(jobs, download)
-    root.mkdir(parents=True, exist_ok=True)
+    rundir.check_writable(root)
     progress = Progress(len(jobs), echo)
     counts = {status: 0 for status in ("done", "partial", "pending")}
     for job in jobs:
         counts[rundir.run_status(root / job.name)] += 1
-    left = sum(bool(stages_needed(root / job.name, evaluate)) for job in jobs)
+    left = sum(bool(stages_needed(root / job.name, settings.suites)) for job in jobs)
     header = (f"sweep of {len(jobs)} runs in {root}: {counts['done']} trained, {counts['partial']} partial, "
               f"{counts['pending']} pending; {left} with work left")
     with _sigterm_as_interrupt():
@@ -160,7 +162,20 @@ def run_sweep(
             progress.say(header)
             results = run_slurm(jobs, root, settings, slurm, workers, progress)
         report_data = data or next((job.overrides["data"] for job in jobs if job.overrides.get("data")), None)
-        report = _build_report(root, report_data, progress, settings) if evaluate else None
-    done = sum(r.status == "done" for r in results)
-    progress.say(f"sweep finished: {done}/{len(results)} runs done" + (f", report: {report}" if report else ""))
+        done = sum(r.status == "done" for r in results)
+        report = _build_report(root, report_data, progress, settings) if evaluate and done else None
+    if results and not done:
+        progress.say(f"sweep finished: all {len(results)} runs failed; their logs in {root}/<run>/ say why")
+    else:
+        progress.say(f"sweep finished: {done}/{len(results)} runs done" + (f", report: {report}" if report else ""))
     return SweepResult(results, report)
+
+
+def check_suites(suites: Sequence[str]) -> tuple[str, ...]:
+    """The evaluation suites a sweep runs, each known to ``minnets robustness``."""
+    from minnets.robustness import SUITES
+
+    for name in suites:
+        if name not in SUITES:
+            raise MinnetsError(f"unknown suite {name!r} in --suites; choose from {', '.join(SUITES)}")
+    return tuple(dict.fromkeys(suites))

@@ -87,7 +87,7 @@ def run_slurm(jobs: Sequence[Job], root: Path, settings: Settings, options: Slur
     submitit = require_submitit(options)
     todo = []
     for job in jobs:
-        if stages_needed(root / job.name, settings.evaluate):
+        if stages_needed(root / job.name, settings.suites):
             todo.append(job)
         else:
             progress.finish(Result(job, "done", "finished already"), quiet=True)

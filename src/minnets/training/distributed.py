@@ -42,6 +42,8 @@ def pick_device(requested: str) -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise MinnetsError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MinnetsError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")

@@ -1,9 +1,10 @@
 """Training as the paper did it: SGD with a step schedule, a test evaluation after every epoch.
 
-``train(options, run_dir)`` runs in one process or as one rank of ``torchrun``; only rank 0
-writes. After every epoch the full state is checkpointed, so the same command resumes a
-killed run and ends with the same metrics as an uninterrupted one (the batches of an epoch
-depend only on the seed and the epoch number).
+``train(config, run_dir)`` runs in one process or as one rank of ``torchrun``; only rank 0
+writes, under the run directory's lock. After every epoch the full state is checkpointed, so
+the same command resumes a killed run and ends with the same metrics as an uninterrupted
+one (the batches of an epoch depend only on the seed and the epoch number, and a resumed run
+uses the thread count it was started with, which float results depend on on the CPU).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,47 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from minnets import rundir
+from minnets.config import RunConfig
 from minnets.data import BatchLoader, ImageDataset, load_dataset
 from minnets.errors import MinnetsError
-from minnets.files import read_json, write_json
-from minnets.models import INIT_SCHEMES, count_parameters, create_model, model_info
-from minnets.training import distributed, rundir
-from minnets.training.recipes import default_recipe_name, get_recipe, lr_at_epoch
+from minnets.models import count_parameters, create_model, model_info
+from minnets.training import distributed
+from minnets.training.recipes import lr_at_epoch
 
-__all__ = ["TrainOptions", "train", "evaluate", "resolve_config", "IDENTITY_KEYS"]
+__all__ = ["train", "evaluate", "check_same_run", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 500
-
-IDENTITY_KEYS = (
-    "model", "dataset", "num_classes", "seed", "recipe", "epochs", "batch_size", "lr", "momentum",
-    "nesterov", "weight_decay", "milestones", "gamma", "subset", "test_subset", "init", "amp", "channels_last", "float64",
-)
-"""Config keys that change the results: a run directory is only resumed if they all agree."""
-
-
-@dataclass
-class TrainOptions:
-    """What ``minnets train`` accepts; ``None`` means "the recipe's value"."""
-
-    model: str
-    dataset: str = "cifar10"
-    data: str | None = None
-    download: bool = False
-    recipe: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int = 0
-    subset: int | None = None
-    test_subset: int | None = None
-    init: str = "published"
-    memory_efficient: bool = False
-    amp: str = "none"
-    channels_last: bool = False
-    float64: bool = False
-    compile: bool = False
-    device: str = "auto"
-    quiet: bool = False
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -89,48 +60,10 @@ def environment(device: torch.device) -> dict[str, str]:
     }
 
 
-def resolve_config(options: TrainOptions, dataset: ImageDataset, context: distributed.Context) -> dict[str, Any]:
-    """The full, explicit configuration of a run: recipe values with the options' overrides."""
-    info = model_info(options.model)
-    recipe = get_recipe(options.recipe or default_recipe_name(info["family"]))
-    epochs = options.epochs if options.epochs is not None else recipe.epochs
-    if epochs < 1:
-        raise MinnetsError(f"--epochs must be at least 1, got {epochs}")
-    if options.subset is not None and not 1 <= options.subset <= len(dataset.train_labels):
-        raise MinnetsError(f"--subset must be between 1 and {len(dataset.train_labels)}, got {options.subset}")
-    if options.test_subset is not None and not 1 <= options.test_subset <= len(dataset.test_labels):
-        raise MinnetsError(f"--test-subset must be between 1 and {len(dataset.test_labels)}, got {options.test_subset}")
-    if options.init not in INIT_SCHEMES:
-        raise MinnetsError(f"--init must be one of {', '.join(INIT_SCHEMES)}, got {options.init!r}")
-    if options.amp not in ("none", "bf16"):
-        raise MinnetsError(f"--amp must be bf16 (or none), got {options.amp!r}")
-    if options.amp != "none" and options.float64:
-        raise MinnetsError("--amp and --float64 exclude each other; choose one")
-    batch_size = options.batch_size or recipe.batch_size
-    if batch_size < context.world_size:
-        raise MinnetsError(f"--batch-size {batch_size} is smaller than the {context.world_size} processes")
-    model_kwargs: dict[str, Any] = {"init": options.init}
-    if info["family"] == "densenet":
-        model_kwargs["memory_efficient"] = options.memory_efficient
-    return {
-        "model": options.model, "dataset": dataset.name, "num_classes": dataset.num_classes,
-        "seed": options.seed, "recipe": recipe.name, "epochs": epochs, "batch_size": batch_size,
-        "lr": options.lr if options.lr is not None else recipe.lr, "momentum": recipe.momentum,
-        "nesterov": recipe.nesterov, "weight_decay": recipe.weight_decay,
-        "milestones": recipe.milestones(epochs), "gamma": recipe.gamma, "subset": options.subset,
-        "test_subset": options.test_subset,
-        "init": options.init, "amp": options.amp, "channels_last": options.channels_last,
-        "float64": options.float64, "compile": options.compile, "model_kwargs": model_kwargs, "data": options.data,
-        "device": str(context.device), "world_size": context.world_size,
-        "versions": environment(context.device), "command": sys.argv,
-    }
-
-
-def check_same_run(run_dir: Path, stored: dict[str, Any], config: dict[str, Any]) -> None:
-    differences = [
-        f"{key}: {stored.get(key)!r} there, {config[key]!r} here"
-        for key in IDENTITY_KEYS if stored.get(key) != config[key]
-    ]
+def check_same_run(run_dir: Path, stored: RunConfig, config: RunConfig) -> None:
+    """Refuse to resume ``run_dir`` with a config whose :meth:`RunConfig.identity` differs."""
+    theirs, ours = stored.identity(), config.identity()
+    differences = [f"{key}: {theirs[key]!r} there, {ours[key]!r} here" for key in ours if theirs[key] != ours[key]]
     if differences:
         raise MinnetsError(
             f"{run_dir} holds a run with another configuration ({'; '.join(differences)}); "
@@ -138,16 +71,15 @@ def check_same_run(run_dir: Path, stored: dict[str, Any], config: dict[str, Any]
         )
 
 
-def autocast(config: dict[str, Any], device: torch.device) -> contextlib.AbstractContextManager:
-    if config["amp"] == "bf16":
+def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if amp == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: BatchLoader, num_classes: int, context: distributed.Context,
-    config: dict[str, Any] | None = None,
+    model: nn.Module, loader: BatchLoader, num_classes: int, context: distributed.Context, amp: str = "none",
 ) -> dict[str, Any]:
     """Test loss, error (%) and per-class error (%) of ``model`` in eval mode, over all ranks."""
     model.eval()
@@ -155,7 +87,7 @@ def evaluate(
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, wrong
     per_class = torch.zeros(2, num_classes, dtype=torch.float64, device=device)  # seen, wrong
     for x, y, _ in loader.epoch(0):
-        with autocast(config or {"amp": "none"}, device):
+        with autocast(amp, device):
             logits = model(x)
         wrong = logits.argmax(1) != y
         totals += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum"), wrong.sum()]).double()
@@ -174,7 +106,7 @@ def evaluate(
 
 def train_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, loader: BatchLoader, epoch: int,
-    config: dict[str, Any], context: distributed.Context, progress: bool,
+    amp: str, context: distributed.Context, progress: bool,
 ) -> tuple[float, float]:
     """One pass over the training set; returns mean loss and error (%) over all ranks."""
     model.train()
@@ -182,7 +114,7 @@ def train_epoch(
     steps = tqdm(loader.epoch(epoch), total=len(loader), desc=f"epoch {epoch + 1}", leave=False,
                  disable=not progress, unit="step")
     for x, y, n_global in steps:
-        with autocast(config, context.device):
+        with autocast(amp, context.device):
             logits = model(x)
         loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
         optimizer.zero_grad(set_to_none=True)
@@ -203,131 +135,184 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def summarize(config: dict[str, Any], history: list[dict[str, float]], num_params: int, wall: float) -> dict[str, Any]:
-    info = model_info(config["model"])
+def summarize(config: RunConfig, history: list[dict[str, float]], num_params: int, wall: float) -> dict[str, Any]:
+    info = model_info(config.model)
     errors = [row["test_err"] for row in history]
     best = int(np.argmin(errors))
     return {
-        "model": config["model"], "dataset": config["dataset"], "family": info["family"],
+        "model": config.model, "dataset": config.dataset, "family": info["family"],
         "depth": info["depth"], "min_net": info["min_net"], "num_params": num_params,
-        "seed": config["seed"], "final_test_err": errors[-1], "min_test_err": errors[best],
-        "argmin_epoch": history[best]["epoch"], "epochs": config["epochs"], "wall_seconds": wall,
+        "seed": config.seed, "final_test_err": errors[-1], "min_test_err": errors[best],
+        "argmin_epoch": history[best]["epoch"], "epochs": config.epochs, "wall_seconds": wall,
     }
 
 
-def log(context: distributed.Context, options: TrainOptions, message: str) -> None:
-    if context.is_main and not options.quiet:
-        print(message, flush=True)
+def train(config: RunConfig, run_dir: str | Path, *, download: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train (or resume, or just report) the run in ``run_dir``; returns its summary.
 
-
-def train(options: TrainOptions, run_dir: str | Path) -> dict[str, Any]:
-    """Train (or resume, or just report) the run in ``run_dir``; returns its summary."""
-    context = distributed.setup(options.device)
+    ``download`` fetches a missing CIFAR archive; ``quiet`` drops the per-epoch lines.
+    """
+    config = config.validate()
+    run_dir = Path(run_dir)
+    rundir.check_out_dir(run_dir)
+    context = distributed.setup(config.device)
+    threads = torch.get_num_threads()
     try:
-        return _train(options, Path(run_dir), context)
+        return _Trainer(config, run_dir, context, quiet).run(download)
     finally:
+        torch.set_num_threads(threads)
         distributed.teardown(context)
 
 
-def _load_data(options: TrainOptions, context: distributed.Context) -> ImageDataset:
-    # Rank 0 downloads (if asked to) while the others wait, then every rank reads the files.
-    if context.is_main:
-        dataset = load_dataset(options.dataset, root=options.data, download=options.download)
-    if context.distributed:
-        dist.barrier()
-    if not context.is_main:
-        dataset = load_dataset(options.dataset, root=options.data)
-    return dataset
+class _Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, context: distributed.Context, quiet: bool) -> None:
+        self.config, self.run_dir, self.context, self.quiet = config, run_dir, context, quiet
 
+    def log(self, message: str) -> None:
+        if self.context.is_main and not self.quiet:
+            print(message, flush=True)
 
-def _train(options: TrainOptions, run_dir: Path, context: distributed.Context) -> dict[str, Any]:
-    model_info(options.model)  # fail on an unknown name before loading any data
-    dataset = _load_data(options, context)
-    config = resolve_config(options, dataset, context)
-    if (run_dir / rundir.CONFIG).exists():
-        check_same_run(run_dir, read_json(run_dir / rundir.CONFIG), config)
-        if rundir.run_status(run_dir) == "done":
-            summary = read_json(run_dir / rundir.SUMMARY)
-            log(context, options, f"{run_dir} is finished already: final test error {summary['final_test_err']:.2f}%")
-            return summary
-    elif context.is_main:
-        write_json(run_dir / rundir.CONFIG, config)
-
-    device = context.device
-    torch.manual_seed(config["seed"])
-    net = create_model(config["model"], num_classes=config["num_classes"], **config["model_kwargs"])
-    num_params = count_parameters(net)
-    dtype = torch.float64 if config["float64"] else torch.float32
-    net.to(device, dtype, memory_format=torch.channels_last if config["channels_last"] else torch.preserve_format)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config["lr"], momentum=config["momentum"],
-                                nesterov=config["nesterov"], weight_decay=config["weight_decay"])
-    history: list[dict[str, float]] = []
-    wall = 0.0
-    checkpoint = rundir.load_checkpoint(run_dir, map_location=device)
-    if checkpoint is not None:
-        net.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        history, wall = checkpoint["history"], checkpoint["wall_seconds"]
-        log(context, options, f"resuming {run_dir} after epoch {len(history)} of {config['epochs']}")
-
-    model: nn.Module = net
-    if context.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            distributed.sync_batchnorm(net, device), device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if config["compile"]:
-        model = torch.compile(model)
-
-    images, labels = dataset.train_images, dataset.train_labels
-    if config["subset"] is not None:
-        images, labels = images[: config["subset"]], labels[: config["subset"]]
-    common = dict(mean=dataset.mean, std=dataset.std, device=device, rank=context.rank,
-                  world_size=context.world_size, channels_last=config["channels_last"], dtype=dtype)
-    train_loader = BatchLoader(images, labels, config["batch_size"], train=True, seed=config["seed"], **common)
-    test = slice(config["test_subset"])
-    test_loader = BatchLoader(dataset.test_images[test], dataset.test_labels[test], EVAL_BATCH_SIZE, train=False,
-                              seed=config["seed"], **common)
-    if not history:
-        log(context, options, f"training {config['model']} ({num_params:,} parameters) on {config['dataset']} "
-            f"({len(labels):,} images) with {config['recipe']} for {config['epochs']} epochs on "
-            f"{context.world_size} x {device} -> {run_dir}")
-    progress = context.is_main and not options.quiet and sys.stderr.isatty()
-
-    for epoch in range(len(history), config["epochs"]):
-        lr = lr_at_epoch(config["lr"], config["milestones"], config["gamma"], epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        start = time.perf_counter()
-        train_loss, train_err = train_epoch(model, optimizer, train_loader, epoch, config, context, progress)
-        train_seconds = time.perf_counter() - start
-        # The bare network evaluates: no DDP hooks, no second compiled graph for eval mode.
-        result = evaluate(net, test_loader, config["num_classes"], context, config)
-        seconds = time.perf_counter() - start
-        if not (math.isfinite(train_loss) and math.isfinite(result["test_loss"])):
-            kept = f"the checkpoint of epoch {len(history)}" if history else "no checkpoint (no epoch finished)"
-            raise MinnetsError(
-                f"training diverged in epoch {epoch + 1} (train loss {train_loss:.4g}, test loss "
-                f"{result['test_loss']:.4g}); {run_dir} keeps {kept}. Lower --lr (now {config['lr']:g}) "
-                "and train into a new --out"
-            )
-        wall += seconds
-        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_err": train_err,
-                        "test_loss": result["test_loss"], "test_err": result["test_err"], "seconds": seconds})
+    def _load_data(self, download: bool) -> ImageDataset:
+        # Rank 0 downloads (if asked to) while the others wait, then every rank reads the files.
+        config, context = self.config, self.context
         if context.is_main:
-            rundir.save_checkpoint(run_dir, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                             "history": history, "wall_seconds": wall})
-            rundir.write_metrics(run_dir, history)
-        remaining = (config["epochs"] - epoch - 1) * wall / len(history)
-        log(context, options,
-            f"epoch {epoch + 1:>3}/{config['epochs']}  lr {lr:.4g}  train loss {train_loss:.4f} err {train_err:5.2f}%  "
-            f"test loss {result['test_loss']:.4f} err {result['test_err']:5.2f}%  "
-            f"{len(labels) / train_seconds:,.0f} img/s  {format_duration(seconds)} /epoch  ETA {format_duration(remaining)}")
+            dataset = load_dataset(config.dataset, root=config.data, download=download)
+        if context.distributed:
+            dist.barrier()
+        if not context.is_main:
+            dataset = load_dataset(config.dataset, root=config.data)
+        return dataset
 
-    summary = summarize(config, history, num_params, wall)
-    if context.is_main:
-        rundir.save_weights(run_dir / rundir.WEIGHTS, net)
-        write_json(run_dir / rundir.SUMMARY, summary)
-    log(context, options, f"done: final test error {summary['final_test_err']:.2f}%, "
-        f"min {summary['min_test_err']:.2f}% (epoch {summary['argmin_epoch']}); {run_dir}")
-    return summary
+    def _resolve(self, dataset: ImageDataset) -> tuple[RunConfig, RunConfig | None]:
+        """The full config of this run and the one stored in the directory (None if new)."""
+        config, context, run_dir = self.config, self.context, self.run_dir
+        stored = rundir.read_config(run_dir) if (run_dir / rundir.CONFIG).exists() else None
+        current = torch.get_num_threads()
+        if stored is not None and config.threads is None and stored.threads != current:
+            # Float results depend on the thread count: finish the run with the one it began with.
+            self.log(f"resuming with the run's {stored.threads} CPU thread(s), not this process's {current}")
+            config = replace(config, threads=stored.threads)
+        resolved = config.resolved(dataset.num_classes, len(dataset.train_labels), len(dataset.test_labels), current)
+        if resolved.batch_size < context.world_size:
+            raise MinnetsError(f"--batch-size {resolved.batch_size} is smaller than the {context.world_size} processes")
+        resolved = replace(resolved, device=str(context.device), world_size=context.world_size,
+                           versions=environment(context.device), command=list(sys.argv))
+        if stored is not None:
+            check_same_run(run_dir, stored, resolved)
+        return resolved, stored
 
+    def run(self, download: bool) -> dict[str, Any]:
+        dataset = self._load_data(download)
+        config, stored = self._resolve(dataset)
+        created = not self.run_dir.exists()
+        if self.context.is_main:
+            rundir.check_writable(self.run_dir)
+            lock = rundir.run_lock(self.run_dir)
+        else:
+            lock = contextlib.nullcontext()
+        try:
+            with lock:
+                return self._train(dataset, config, stored)
+        except BaseException:
+            if created and self.context.is_main and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # refused before any file was written: leave nothing behind
+            raise
+
+    def _finished(self, stored: RunConfig | None) -> dict[str, Any] | None:
+        """The summary of a complete run directory, or None if anything is left to do or repair."""
+        if stored is None or rundir.run_status(self.run_dir) != "done":
+            return None
+        if len(rundir.read_metrics(self.run_dir)) != stored.epochs:
+            return None  # metrics.csv lost rows to a kill: rewritten from the checkpoint below
+        return rundir.read_summary(self.run_dir)
+
+    def _train(self, dataset: ImageDataset, config: RunConfig, stored: RunConfig | None) -> dict[str, Any]:
+        context, run_dir = self.context, self.run_dir
+        summary = self._finished(stored)
+        if summary is not None:
+            self.log(f"{run_dir} is finished already: final test error {summary['final_test_err']:.2f}%")
+            return summary
+        torch.set_num_threads(config.threads)
+        device = context.device
+        torch.manual_seed(config.seed)
+        net = create_model(config.model, num_classes=config.num_classes, **config.model_kwargs())
+        num_params = count_parameters(net)
+        dtype = torch.float64 if config.float64 else torch.float32
+        net.to(device, dtype, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+        optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                                    nesterov=config.nesterov, weight_decay=config.weight_decay)
+        history: list[dict[str, float]] = []
+        wall = 0.0
+        checkpoint = rundir.load_checkpoint(run_dir, map_location=device)
+        if checkpoint is not None:
+            path = run_dir / rundir.CHECKPOINT
+            rundir.load_state(net, checkpoint["model"], path, config.model)
+            rundir.load_state(optimizer, checkpoint["optimizer"], path, config.model)
+            history, wall = checkpoint["history"], checkpoint["wall_seconds"]
+            if context.is_main and rundir.read_metrics(run_dir) != history:
+                rundir.write_metrics(run_dir, history)  # a kill between checkpoint and metrics.csv
+            self.log(f"resuming {run_dir} after epoch {len(history)} of {config.epochs}")
+        if context.is_main and stored is None:
+            rundir.write_config(run_dir, config)
+
+        model: nn.Module = net
+        if context.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                distributed.sync_batchnorm(net, device), device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if config.compile:
+            model = torch.compile(model)
+
+        images, labels = dataset.train_images[: config.subset], dataset.train_labels[: config.subset]
+        common = dict(mean=dataset.mean, std=dataset.std, device=device, rank=context.rank,
+                      world_size=context.world_size, channels_last=config.channels_last, dtype=dtype)
+        train_loader = BatchLoader(images, labels, config.batch_size, train=True, seed=config.seed, **common)
+        test_images, test_labels = rundir.test_split(dataset, config)
+        test_loader = BatchLoader(test_images, test_labels, EVAL_BATCH_SIZE, train=False, seed=config.seed, **common)
+        if not history:
+            schedule = ", ".join(f"{lr_at_epoch(config.lr, config.milestones, config.gamma, m):g} from epoch {m + 1}"
+                                 for m in config.milestones)
+            self.log(f"training {config.model} ({num_params:,} parameters) on {config.dataset} "
+                     f"({len(labels):,} images) with {config.recipe} for {config.epochs} epochs "
+                     f"(lr {config.lr:g}{', ' + schedule if schedule else ''}) on "
+                     f"{context.world_size} x {device}, {config.threads} thread(s) -> {run_dir}")
+        progress = context.is_main and not self.quiet and sys.stderr.isatty()
+
+        for epoch in range(len(history), config.epochs):
+            lr = lr_at_epoch(config.lr, config.milestones, config.gamma, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            start = time.perf_counter()
+            train_loss, train_err = train_epoch(model, optimizer, train_loader, epoch, config.amp, context, progress)
+            train_seconds = time.perf_counter() - start
+            # The bare network evaluates: no DDP hooks, no second compiled graph for eval mode.
+            result = evaluate(net, test_loader, config.num_classes, context, config.amp)
+            seconds = time.perf_counter() - start
+            if not (math.isfinite(train_loss) and math.isfinite(result["test_loss"])):
+                kept = f"the checkpoint of epoch {len(history)}" if history else "no checkpoint (no epoch finished)"
+                raise MinnetsError(
+                    f"training diverged in epoch {epoch + 1} (train loss {train_loss:.4g}, test loss "
+                    f"{result['test_loss']:.4g}); {run_dir} keeps {kept}. Lower --lr (now {config.lr:g}) "
+                    "and train into a new --out"
+                )
+            wall += seconds
+            history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_err": train_err,
+                            "test_loss": result["test_loss"], "test_err": result["test_err"], "seconds": seconds})
+            if context.is_main:
+                rundir.save_checkpoint(run_dir, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                                 "history": history, "wall_seconds": wall})
+                rundir.write_metrics(run_dir, history)
+            remaining = (config.epochs - epoch - 1) * wall / len(history)
+            self.log(
+                f"epoch {epoch + 1:>3}/{config.epochs}  lr {lr:g}  train loss {train_loss:.4f} err {train_err:5.2f}%  "
+                f"test loss {result['test_loss']:.4f} err {result['test_err']:5.2f}%  "
+                f"{len(labels) / train_seconds:,.0f} img/s  {format_duration(seconds)} /epoch  "
+                f"ETA {format_duration(remaining)}")
+
+        summary = summarize(config, history, num_params, wall)
+        if context.is_main:
+            rundir.save_weights(run_dir / rundir.WEIGHTS, net)
+            rundir.write_summary(run_dir, summary)
+        self.log(f"done: final test error {summary['final_test_err']:.2f}%, "
+                 f"min {summary['min_test_err']:.2f}% (epoch {summary['argmin_epoch']}); {run_dir}")
+        return summary
