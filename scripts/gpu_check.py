@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -104,6 +103,10 @@ def _say(message: str) -> None:
 
 def _measure(settings: Settings, pair: tuple[str, str], mode: str, amp: str | None, rounds: int) -> dict[str, Any]:
     family = model_info(pair[0])["family"]
+    if "compile" in mode:
+        # A fresh compiler cache per step: the models share their classes' forward code, and past
+        # Dynamo's recompile limit (8 per code object) a step would silently run uncompiled.
+        torch._dynamo.reset()
     with _mode(mode):
         rows = benchmark(list(pair), device=settings.device, batch_size=settings.batch[family],
                          steps=settings.steps, rounds=rounds, amp=amp, channels_last=settings.device == "cuda",
