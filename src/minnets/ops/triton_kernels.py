@@ -31,17 +31,18 @@ All arithmetic is float32, whatever the storage dtype.
 Design. Instance norm needs a reduction over all ``H_out * W_out`` pixels of a sample and
 channel before any output can be written. One program handles one sample and a block of
 ``BLOCK_C`` channels and loops over the pixels twice: the first loop computes both filter
-responses tile by tile and combines per-tile means and squared deviations (Chan et al.'s
-pairwise update, as accurate as two passes over stored values); the second recomputes the
+responses tile by tile and combines per-tile means and squared deviations (the pairwise
+update of Chan, Golub and LeVeque, 1979, as accurate as two passes over stored values); the second recomputes the
 responses and writes the output. So the reduction never leaves the program (no atomics, no
 second launch, bit-for-bit deterministic), the filter responses are never stored (recomputing
 them costs 2 k^2 multiply-adds an element; storing and re-reading them would cost two
-full-size maps of memory traffic each way), and the sample's slab of ``x`` that the second loop
+full-size maps of memory traffic each way), and the program's slab of ``x`` that the second loop
 re-reads (at most 32 x 32 pixels x 32 channels x 4 B = 128 KiB at the paper's sizes) is still in
 the L2 cache. Tiles are ``(BLOCK_P pixels, BLOCK_C channels)``, channels fastest, so in
 channels-last storage every load and store is contiguous along the channels. The price is
-parallelism: ``N * ceil(C / BLOCK_C)`` programs, 128 or more at the paper's batch sizes
-(128 and 64) and widths.
+parallelism: ``N * ceil(C / BLOCK_C)`` programs, 128 to 512 for the ResNets' units at batch
+128, but only 64 for the DenseNets' (24 channels at batch 64), fewer than an A100 or H100 has
+multiprocessors; splitting the pixels over programs would need a second reduction step.
 
 The backward pass recomputes the responses as the forward pass did (as the CPU kernel does):
 ``_backward_norm_kernel`` loops twice per sample and channel block, first for the two sums
