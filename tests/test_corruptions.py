@@ -241,3 +241,17 @@ def test_the_figure_has_a_row_per_corruption(tmp_path, test_images, frost_dir):
     with Image.open(path) as figure:
         width, height = figure.size
     assert height > 2.5 * width  # 19 rows of 6 tiles
+
+
+def test_summary_means_and_corruption_error_as_published():
+    rows = [{"corruption": c, "severity": s, "test_err": float(i + s)} for i, c in enumerate(C.CORRUPTIONS)
+            for s in C.SEVERITIES]
+    reference = [{**row, "test_err": 2 * row["test_err"]} for row in rows]
+    summary = C.summarize(rows, reference)
+    # corruption i has errors i+1 .. i+5: mean i+3, accuracy 97-i
+    assert summary["accuracy"]["gaussian_noise"] == 97 and summary["accuracy"]["saturate"] == 97 - 18
+    assert summary["mean_15"] == pytest.approx(np.mean([97 - i for i in range(15)]))
+    assert summary["mean_19"] == pytest.approx(np.mean([97 - i for i in range(19)]))
+    assert summary["mce"] == pytest.approx(50) and summary["ce"]["fog"] == pytest.approx(50)
+    partial = C.summarize([r for r in rows if not (r["corruption"] == "fog" and r["severity"] == 5)])
+    assert "fog" not in partial["accuracy"] and partial["mean_15"] is None and partial["mean_19"] is None

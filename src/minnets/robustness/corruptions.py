@@ -567,7 +567,7 @@ def plot_corruption_grid(path: str | os.PathLike[str], image: np.ndarray, *, see
     from minnets.files import atomic_write
 
     image = np.asarray(image)[None]
-    fig, axes = plt.subplots(len(corruptions), 6, figsize=(6 * 1.1, len(corruptions) * 1.1 + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(corruptions), 6, figsize=(6.6, len(corruptions) * 0.9 + 0.3), squeeze=False)
     for r, (row, name) in enumerate(zip(axes, corruptions)):
         tiles = [image[0]] + [corrupt(image, name, s, seed=seed, start=index, frost_dir=frost_dir)[0]
                               for s in SEVERITIES]
@@ -599,6 +599,35 @@ def parse_corruptions(text: str) -> list[str]:
     if not names:
         raise MinnetsError(f"no corruption in {text!r}; give names from `minnets corruptions list`, or all")
     return names
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]] | None = None,
+              ) -> dict[str, Any]:
+    """The numbers RobustBench and Hendrycks & Dietterich (2019) report, from ``corruptions.csv`` rows.
+
+    ``accuracy``: per corruption, 100 - test error averaged over its five severities; ``mean_15``
+    / ``mean_19``: their mean over the benchmark's 15 / all 19 (None unless every level is
+    there). With ``reference`` rows of another model (e.g. the baseline), ``ce`` per corruption
+    is ``100 * sum_s err_{c,s} / sum_s err^ref_{c,s}`` and ``mce`` its mean over the 15 (the
+    paper's Eq. 1, unnormalised by AlexNet when another reference is given).
+    """
+    def errors(table: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+        by_level = {(r["corruption"], int(r["severity"])): float(r["test_err"]) for r in table}
+        return {c: [by_level[c, s] for s in SEVERITIES] for c in CORRUPTIONS
+                if all((c, s) in by_level for s in SEVERITIES)}
+
+    def mean_over(values: Mapping[str, float], names: Sequence[str]) -> float | None:
+        return float(np.mean([values[c] for c in names])) if all(c in values for c in names) else None
+
+    err = errors(rows)
+    accuracy = {c: 100 - float(np.mean(e)) for c, e in err.items()}
+    summary: dict[str, Any] = {"accuracy": accuracy, "mean_15": mean_over(accuracy, BENCHMARK),
+                               "mean_19": mean_over(accuracy, CORRUPTIONS)}
+    if reference is not None:
+        ref = errors(reference)
+        ce = {c: 100 * sum(e) / sum(ref[c]) for c, e in err.items() if c in ref and sum(ref[c]) > 0}
+        summary.update(ce=ce, mce=mean_over(ce, BENCHMARK))
+    return summary
 
 
 class CorruptionSuite(Suite):
@@ -636,6 +665,7 @@ class CorruptionSuite(Suite):
         self.frost_dir = frost_dir if frost_dir is not None else cifar10c.default_frost_dir()
         self.seed = int(seed)
         self.workers = workers
+        self._regenerated: cifar10c.Regenerated | None = None
 
     def levels(self) -> list[Row]:
         return [{"corruption": name, "severity": s} for name in self.corruptions for s in SEVERITIES]
@@ -659,9 +689,11 @@ class CorruptionSuite(Suite):
                 raise MinnetsError(f"labels.npy in {self.released_dir} does not match the CIFAR-10 test labels; "
                                    "the folder is not CIFAR-10-C")
             return Perturbed(released.images(name, severity, n), {"source": "released"})
-        folder = self.cache_dir or cifar10c.default_regenerated_dir(clean.dataset)
-        cache = cifar10c.Regenerated(folder, clean.images, clean.dataset, self.seed, self.frost_dir,
-                                     workers=self.workers)
+        if self._regenerated is None or self._regenerated.images is not clean.images:
+            folder = self.cache_dir or cifar10c.default_regenerated_dir(clean.dataset)
+            self._regenerated = cifar10c.Regenerated(folder, clean.images, clean.dataset, self.seed, self.frost_dir,
+                                                     workers=self.workers)
+        cache = self._regenerated
         images = cache.get(name, severity) if cache.may_store() else cache.generate(name, severity)
         return Perturbed(images, {"source": cifar10c.source_of(name)})
 
