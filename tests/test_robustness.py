@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,6 +12,7 @@ from minnets import robustness
 from minnets.cli import main
 from minnets.errors import MinnetsError
 from minnets.jpeg import JpegCache, codec_version, compress
+from minnets.config import RunConfig
 from minnets.robustness import (
     COLUMNS,
     QUALITIES,
@@ -25,6 +24,7 @@ from minnets.robustness import (
     run_jpeg,
     write_jpeg_csv,
 )
+from minnets.rundir import load_run_model, write_config
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.3)
@@ -215,8 +215,7 @@ def test_table_marks_the_original_and_names_the_codec() -> None:
 def test_run_jpeg_explains_missing_and_unfinished_runs(tmp_path) -> None:
     with pytest.raises(MinnetsError, match="train it first: minnets train"):
         run_jpeg(tmp_path / "nowhere")
-    (tmp_path / "config.json").write_text(json.dumps({"model": "resnet_n3", "dataset": "shapes10",
-                                                       "num_classes": 10}))
+    write_config(tmp_path, RunConfig(model="resnet_n3", dataset="shapes10", num_classes=10))
     with pytest.raises(MinnetsError, match="unfinished"):
         run_jpeg(tmp_path, device="cpu")
 
@@ -236,15 +235,11 @@ def test_cli_refuses_bad_quality_lists_in_one_line(tmp_path, capsys, argv, messa
 def test_minnets_jpeg_on_a_hand_made_run(tmp_path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     from minnets import data
     from minnets.models import create_model
-    from minnets.training import load_run_model
 
     # A run in the documented format, with untrained weights (nothing is trained here).
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    config = {"model": "resnet_n3", "dataset": "shapes10", "num_classes": 10, "seed": 9, "epochs": 1,
-              "batch_size": 128, "lr": 0.1, "recipe": "resnet", "subset": None, "init": "published",
-              "model_kwargs": {}, "data": None, "versions": {}}
-    (run_dir / "config.json").write_text(json.dumps(config))
+    write_config(run_dir, RunConfig(model="resnet_n3", dataset="shapes10", num_classes=10, seed=9, epochs=1))
     torch.manual_seed(0)
     save_file(create_model("resnet_n3", num_classes=10).state_dict(), str(run_dir / "model.safetensors"))
 
@@ -258,7 +253,7 @@ def test_minnets_jpeg_on_a_hand_made_run(tmp_path, capsys, monkeypatch: pytest.M
     assert main(argv) == 0
     captured = capsys.readouterr()
     out = captured.out
-    assert [line.split(":")[0] for line in captured.err.splitlines()] == ["quality 100", "quality 50", "quality 10"]
+    assert [line.split()[2] for line in captured.err.splitlines()] == ["100", "50", "10"]  # a line per quality
     assert "100 orig" in out and f"codec (paper): {codec_version('paper')}" in out and "jpeg.csv" in out
     assert calls == [(("shapes10",), {"root": None})]
     rows = read_jpeg_csv(run_dir / "jpeg.csv")

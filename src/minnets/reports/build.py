@@ -19,6 +19,7 @@ from minnets.data import load_dataset
 from minnets.errors import MinnetsError
 from minnets.reports import figures, published
 from minnets.reports.runs import SETTING_KEYS, Run, find_runs
+from minnets.reports.suites import suite_sections
 from minnets.reports.tables import (
     FAMILY_LABELS,
     NA,
@@ -64,10 +65,12 @@ def build_report(runs_root: Path, out_dir: Path, data_root: Path | None = None) 
     experiments = build_experiments(runs)
     lines = _header(runs_root, runs, skipped, experiments)
     table1, jpeg = [], {"test_err": [], "pocp": []}
+    suite_rows: dict[str, list[dict[str, Any]]] = {}
     for experiment in experiments:
         rows = table1_rows(experiment)
         table1 += rows
         lines += _experiment_section(experiment, rows, out_dir, jpeg)
+        lines += suite_sections(experiment, out_dir, suite_rows, _fmt, _md_table)
     lines += _figure5_section(experiments, data_root, out_dir)
     lines += _missing_section(experiments, skipped)
     lines += _runs_section(runs)
@@ -75,6 +78,8 @@ def build_report(runs_root: Path, out_dir: Path, data_root: Path | None = None) 
     _write_csv(out_dir / "jpeg_error.csv", jpeg["test_err"])
     _write_csv(out_dir / "jpeg_pocp.csv", jpeg["pocp"])
     _write_csv(out_dir / "runs.csv", [_run_row(run) for run in runs])
+    for name, summary in suite_rows.items():
+        _write_csv(out_dir / f"{name}_summary.csv", summary)
     report = out_dir / "report.md"
     _write_text(report, "\n".join(lines) + "\n")
     return report

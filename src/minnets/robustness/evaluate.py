@@ -11,7 +11,6 @@ evaluated again. The run directory is checked for writability before any work.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,11 +22,10 @@ import torch
 from torch import nn
 
 from minnets.data import BatchLoader, load_dataset
+from minnets import rundir
 from minnets.errors import MinnetsError
-from minnets.files import atomic_write
 from minnets.jpeg import check_images
 from minnets.robustness.suite import Clean, Perturbed, Row, Suite, get_suite
-from minnets.training import load_run_model
 from minnets.training.distributed import pick_device
 
 Progress = Callable[[Row], None]
@@ -155,28 +153,28 @@ def evaluate_suite(suite: Suite, clean: Clean, done: Sequence[Row] = (), progres
 
 
 def suite_csv(run_dir: str | os.PathLike[str], suite: Suite) -> Path:
-    return Path(run_dir) / f"{suite.name}.csv"
+    return rundir.result_csv(run_dir, suite.name)
 
 
 def read_suite_csv(path: str | os.PathLike[str], suite: Suite) -> list[Row]:
     """Typed rows of ``<suite>.csv`` (``path`` is the file or the run directory holding it)."""
     path = Path(path)
-    if path.is_dir():
-        path = suite_csv(path, suite)
+    run_dir = path if path.is_dir() else path.parent
+    path = suite_csv(run_dir, suite)
     if not path.is_file():
-        raise MinnetsError(f"{path} does not exist; evaluate the run first: {suite.command(path.parent)}")
+        raise MinnetsError(f"{path} does not exist; evaluate the run first: {suite.command(run_dir)}")
+    raw = rundir.read_results(run_dir, suite.name)
     with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = set(suite.columns) - {suite.version_column} - set(reader.fieldnames or ())
-        if missing:
-            raise MinnetsError(f"{path} lacks the columns {', '.join(sorted(missing))}; "
-                               f"delete it and run `{suite.command(path.parent)}` again")
-        try:
-            return [suite.parse_row({**row, suite.version_column: row.get(suite.version_column) or ""})
-                    for row in reader]
-        except (KeyError, TypeError, ValueError) as error:
-            raise MinnetsError(f"{path} is damaged ({error}); delete it and run `{suite.command(path.parent)}` "
-                               "again") from None
+        header = next(csv.reader(handle), [])
+    missing = set(suite.columns) - {suite.version_column} - set(header)
+    if missing:
+        raise MinnetsError(f"{path} lacks the columns {', '.join(sorted(missing))}; "
+                           f"delete it and run `{suite.command(run_dir)}` again")
+    try:
+        return [suite.parse_row({**row, suite.version_column: row.get(suite.version_column) or ""}) for row in raw]
+    except (KeyError, TypeError, ValueError) as error:
+        raise MinnetsError(f"{path} is damaged ({error}); delete it and run `{suite.command(run_dir)}` "
+                           "again") from None
 
 
 def write_suite_csv(run_dir: str | os.PathLike[str], suite: Suite, rows: Sequence[Row]) -> Path:
@@ -184,27 +182,7 @@ def write_suite_csv(run_dir: str | os.PathLike[str], suite: Suite, rows: Sequenc
     path = suite_csv(run_dir, suite)
     merged = {level_key(suite, row): row for row in (read_suite_csv(path, suite) if path.exists() else [])}
     merged.update({level_key(suite, row): row for row in rows})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=suite.columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(sorted(merged.values(), key=suite.sort_key))
-    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
-    return path
-
-
-def _check_writable(run_dir: Path) -> None:
-    """Refuse before hours of work whose results could not be stored."""
-    try:
-        atomic_write(run_dir / ".write-check", lambda tmp: tmp.write_text(""))
-        (run_dir / ".write-check").unlink()
-    except OSError as error:
-        raise MinnetsError(f"cannot write results into {run_dir} ({error.strerror or error}); "
-                           "make it writable or copy the run elsewhere") from None
-
-
-def suite_cache_dir(run_dir: str | os.PathLike[str], suite: Suite) -> Path:
-    """Where a suite keeps expensive partial results of one run (e.g. attack side results)."""
-    return Path(run_dir) / "cache" / suite.name
+    return rundir.write_results(run_dir, suite.name, sorted(merged.values(), key=suite.sort_key), suite.columns)
 
 
 # --- runs --------------------------------------------------------------------------------------
@@ -226,19 +204,19 @@ def run_suite(run_dir: str | os.PathLike[str], suite: Suite, data_root: str | os
         raise MinnetsError(f"--n must be at least 1, got {n_images}")
     suite.levels()  # option errors before the model loads
     device = pick_device(device) if isinstance(device, str) else device
-    model, config = load_run_model(run_dir, device)
-    _check_writable(run_dir)
+    model, config = rundir.load_run_model(run_dir, device)
+    rundir.check_writable(run_dir)
     # Same call as training, so shapes10 is regenerated with the seed it was trained on.
-    dataset = load_dataset(config["dataset"], root=data_root or config.get("data"))
-    images, labels = dataset.test_images, dataset.test_labels
+    dataset = load_dataset(config.dataset, root=data_root or config.data)
+    images, labels = rundir.test_split(dataset, config)  # the run's own test images (its --test-subset)
     if n_images is not None:
         if n_images > len(labels):
-            raise MinnetsError(f"--n {n_images} exceeds the {len(labels)} test images of {dataset.name}")
+            raise MinnetsError(f"--n {n_images} exceeds the {len(labels)} test images of this run ({dataset.name})")
         images, labels = images[:n_images], labels[:n_images]
     path = suite_csv(run_dir, suite)
     done = read_suite_csv(path, suite) if path.exists() else []
     clean = Clean(model, images, labels, dataset.mean, dataset.std, dataset.name, device=device,
-                  batch_size=batch_size, cache_dir=suite_cache_dir(run_dir, suite))
+                  batch_size=batch_size, cache_dir=rundir.suite_cache_dir(run_dir, suite.name))
 
     def checkpoint(row: Row) -> None:
         write_suite_csv(run_dir, suite, [row])
