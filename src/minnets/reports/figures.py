@@ -252,9 +252,10 @@ def training_curves(experiment: Experiment, family: str | None, path: Path) -> F
                             linewidth=1.2, alpha=alpha, marker="." if len(epochs) < 30 else None)
                 drawn = True
             unfinished = sum(not run.finished for run in runs)
-            label = f"{style['name']} ({group.model}): {plural(len(runs) - unfinished, 'seed')}"
-            if unfinished:
-                label += f" + {unfinished} unfinished"
+            counts = [plural(len(runs) - unfinished, "seed")] if len(runs) > unfinished else []
+            counts += [f"{unfinished} unfinished"] if unfinished else []
+            name = f"{style['name']} ({group.model})" if family is not None else group.model
+            label = f"{name}: {' + '.join(counts)}"
             test_ax.plot([], [], color=style["color"], linestyle=style["linestyle"], label=label)
         for ax, what in ((train_ax, "train"), (test_ax, "test")):
             ax.set_title(f"{title}: {what} error", fontsize=10)
