@@ -72,7 +72,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.quick:  # a dry run of every code path on tiny batches: seconds, not minutes
         return Settings(args.device, steps=1, rounds=2, warmup=1, budget_s=args.budget_s,
                         batch={"resnet": 4, "densenet": 4}, pairs=PAIRS[:1], modes=("eager",))
-    modes = MODES if args.device == "cuda" else ("eager", "compile")  # Triton's kernels are for CUDA
+    # Triton's kernels are for CUDA; without a switch, every mode runs the library's default path
+    # (the Triton kernel where Triton is installed) and the triton modes would repeat the others.
+    modes = MODES if args.device == "cuda" and _triton_switch() is not None else ("eager", "compile")
     return Settings(args.device, steps=args.steps, rounds=args.rounds, warmup=2, budget_s=args.budget_s,
                     batch={family: get_recipe(default_recipe_name(family)).batch_size
                            for family in ("resnet", "densenet")},
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         tune_cpu_allocator()
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    triton_state = "switchable" if _triton_switch() is not None else "not switchable (every mode runs the default path)"
+    triton_state = ("switched per mode" if _triton_switch() is not None
+                    else "not switchable: Min-units take the default path in every mode")
     _say(f"{name}, torch {torch.__version__}; Triton kernels {triton_state}; budget {settings.budget_s:.0f} s, "
          f"{settings.steps} steps x {settings.rounds} rounds per step")
     results = run_steps(settings)
