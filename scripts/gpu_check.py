@@ -14,16 +14,20 @@ and under bf16 autocast, in up to four modes:
 - ``triton``: eager, the Min-unit running the Triton kernels (``minnets.ops.triton_kernels``);
 - ``triton+compile``: both.
 
+The modes with and without the Triton kernel need the operator's switch,
+``minnets.ops.min_unit.use_triton(enabled)``; without one, the Min-units take the library's
+default path (the Triton kernel where Triton is installed) and only ``eager`` and ``compile`` run.
+
 Every measurement is :func:`minnets.benchmark.benchmark` on the pair (baseline first), so the
 two models take turns over interleaved rounds and the Min-Net's speed relative to its baseline
 is paired (the median of per-round ratios), as ``minnets benchmark`` reports it. All maps are
 channels-last on the GPU (the Triton kernel's layout, and cuDNN's fastest for bf16).
 
 The steps run cheapest and most informative first (eager, then Triton, then the compiled
-modes, whose first step of each model is minutes of compilation) and each is given its share
+modes, whose warm-up steps compile each model) and each is given its share
 of the time left (``--budget-s``, default 450 s): fewer rounds when steps run slow, and the
 steps that no longer fit are skipped with a line saying so. Last comes the projected wall time
-of the paper's 58-run grid (``minnets sweep --grid paper``) on this GPU: per run, the recipe's
+of the paper's 58-run grid (``minnets sweep paper``) on this GPU: per run, the recipe's
 epochs times (50,000 training images at the measured training speed + 10,000 test images at
 the inference speed), summed over the runs in one process at a time; data loading, checkpoints
 and evaluation beyond the test pass are not counted.
