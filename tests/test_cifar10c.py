@@ -133,6 +133,10 @@ def test_download_released_fetches_checks_and_unpacks(server, tmp_path, cifar):
     assert folder == root / "CIFAR-10-C"
     assert np.array_equal(cifar10c.Released(folder).images("gaussian_noise", 5), arrays["gaussian_noise"][-PER:])
     assert cifar10c.download_released(root, base + "missing.tar", md5) == folder  # present: no network
+    # Without --data or $MINNETS_DATA it goes to the user cache, where the suite then finds it.
+    cached = cifar10c.download_released(None, base + "CIFAR-10-C.tar", md5)
+    assert cached == tmp_path / "xdg" / "minnets" / "CIFAR-10-C" == cifar10c.find_released(None)
+    assert get_suite("corruptions").source == "released"
 
 
 def test_download_frost_fetches_the_six_pictures_and_checks_them(server, tmp_path):

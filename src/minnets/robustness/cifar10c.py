@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from minnets.data.cifar import download_file, extract_folder, resolve_root
+from minnets.data.cifar import default_data_root, download_file, extract_folder, resolve_root
 from minnets.errors import MinnetsError
 from minnets.files import atomic_write, read_json, write_json
 from minnets.robustness import corruptions as C
@@ -73,12 +73,9 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 def find_released(root: str | os.PathLike[str] | None) -> Path | None:
     """``root/CIFAR-10-C`` (or ``root`` itself) when it holds ``labels.npy``; else None.
 
-    ``root`` None means $MINNETS_DATA, and None when that is unset too.
+    ``root`` None means $MINNETS_DATA, else where ``--download`` puts data (the user cache).
     """
-    root = root if root is not None else os.environ.get("MINNETS_DATA")
-    if not root:
-        return None
-    root = Path(root).expanduser()
+    root = Path(root or os.environ.get("MINNETS_DATA") or default_data_root()).expanduser()
     for folder in (root / FOLDER, root):
         if (folder / "labels.npy").is_file():
             return folder

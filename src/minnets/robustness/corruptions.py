@@ -190,11 +190,13 @@ def frost_pictures(folder: str | os.PathLike[str] | None) -> tuple[np.ndarray, .
 # /////////////// helpers of several corruptions ///////////////
 
 def _gaussian(x: np.ndarray, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
-    """skimage.filters.gaussian as the generator calls it: per image and channel, nearest edges."""
+    """skimage.filters.gaussian as the generator calls it (nearest edges): on one H x W map, or
+    on N x H x W x C images per image and channel."""
     from scipy.ndimage import gaussian_filter
 
-    sigmas = (0, sigma, sigma, 0)[4 - x.ndim:] if x.ndim >= 3 else sigma
-    return gaussian_filter(x, sigmas, mode=mode, truncate=truncate)
+    if x.ndim not in (2, 4):
+        raise ValueError(f"expected an H x W map or N x H x W x C images, got shape {x.shape}")
+    return gaussian_filter(x, sigma if x.ndim == 2 else (0, sigma, sigma, 0), mode=mode, truncate=truncate)
 
 
 def _clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
