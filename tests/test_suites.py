@@ -210,3 +210,32 @@ def test_report_shows_suites_beside_baselines_and_marks_missing_and_unreliable(t
                line.endswith(",unreliable") for line in summary), summary
     figure = tmp_path / "report" / "adversarial_cifar10_apgd_Linf.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
+
+
+def test_report_corruption_means_and_mce_against_the_paired_baseline(tmp_path) -> None:
+    from minnets.reports.build import build_report
+    from minnets.robustness.corruptions import BENCHMARK, CORRUPTIONS, CorruptionSuite
+
+    runs = tmp_path / "runs"
+    suite = CorruptionSuite()
+    # Baseline: 20 % error on the 15, 40 % on the 4 extra; Min-Net: 15 % and 30 %, so its mCE is 75 %.
+    for model, (bench, extra) in {"resnet_n3": (20.0, 40.0), "min_resnet_n3": (15.0, 30.0)}.items():
+        run = runs / model
+        run.mkdir(parents=True)
+        write_config(run, RunConfig(model=model, dataset="cifar10", num_classes=10, seed=0, epochs=1))
+        write_suite_csv(run, suite, [
+            {"corruption": c, "severity": s, "test_err": bench if c in BENCHMARK else extra, "pocp": float(s),
+             "n_images": 100, "source": "regenerated", "version": suite.version()}
+            for c in CORRUPTIONS for s in range(1, 6)])
+    report = build_report(runs, tmp_path / "report").read_text()
+    section = report[report.index("#### CIFAR-10-C corruptions"):report.index("#### Adversarial")]
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in section.splitlines() if line.startswith("| ")}
+    assert lines["gaussian_noise"] == ["20.00", "3.00", "15.00", "3.00"]  # baseline first, POCP mean of 1..5
+    assert lines["severity 5, mean of 15"] == ["20.00", "5.00", "15.00", "5.00"]
+    assert lines["mean of 15"] == ["20.00", "3.00", "15.00", "3.00"]
+    assert lines["mean of 19"] == [f"{(15 * 20 + 4 * 40) / 19:.2f}", "3.00", f"{(15 * 15 + 4 * 30) / 19:.2f}", "3.00"]
+    assert "- min_resnet_n3: mCE 75.00 % relative to resnet_n3" in section
+    assert "**missing**: no run has adversarial results yet" in report
+    figure = tmp_path / "report" / "corruptions_cifar10_CIFAR_10_C.png"
+    assert figure.is_file()

@@ -10,9 +10,9 @@ summarised (:class:`View`):
   check in any seed is marked **unreliable** and the failed checks are listed under the table.
 * ``corruptions``: a row per corruption (mean over its severities), rows for each severity
   averaged over the 15 benchmark corruptions, and the means over the 15 and the 19 as
-  RobustBench reports them (Hendrycks & Dietterich 2019); the corruption error ``CE_c = sum_s
-  E_{c,s} / sum_s E^ref_{c,s}`` and its mean over the 15 (mCE), with each Min-Net's paired
-  baseline (same family and depth) as the reference.
+  RobustBench reports them (Hendrycks & Dietterich 2019); the mCE of each Min-Net with its
+  paired baseline (same family and depth) as the reference
+  (:func:`minnets.robustness.corruptions.summarize`).
 
 JPEG keeps its own layout (the paper's Tables 2-5, in :mod:`minnets.reports.build`). A suite no
 run has results for is marked **missing**, with the command that makes them.
@@ -119,6 +119,7 @@ class _ModelCells:
     group: ModelGroup
     runs: int  # seeds with results
     cells: dict[str, dict[str, list[Cell]]]  # table -> label -> one Cell per seed
+    rows: list[Sequence[Row]]  # each seed's CSV rows
 
 
 def _collect(experiment: Experiment, name: str) -> tuple[list[_ModelCells], list[str]]:
@@ -127,7 +128,7 @@ def _collect(experiment: Experiment, name: str) -> tuple[list[_ModelCells], list
     view = VIEWS[name]
     models, damaged = [], []
     for group in experiment.models:
-        found = _ModelCells(group, 0, {})
+        found = _ModelCells(group, 0, {}, [])
         for run in group.runs:
             if not suite_csv(run.path, suite).is_file():
                 continue
@@ -137,6 +138,7 @@ def _collect(experiment: Experiment, name: str) -> tuple[list[_ModelCells], list
                 damaged.append(f"{run.name}: {error}")
                 continue
             found.runs += 1
+            found.rows.append(rows)
             for table, cells in view.cells(rows).items():
                 for label, cell in cells.items():
                     found.cells.setdefault(table, {}).setdefault(label, []).append(cell)
@@ -155,17 +157,19 @@ def _mean(cells: list[Cell], metric: str) -> Stats:
 
 
 def _mce(model: _ModelCells, reference: _ModelCells) -> float | None:
-    """mCE (%) over the 15: mean of CE_c = E_c / E^ref_c, each E summed (here: averaged) over
-    severities (Hendrycks & Dietterich 2019, with the paired baseline as the reference)."""
-    from minnets.robustness.corruptions import BENCHMARK
+    """mCE (%) of ``model`` against ``reference`` from their seed-mean rows (see corruptions.summarize)."""
+    from minnets.robustness.corruptions import summarize
 
-    ours, ref = model.cells.get("CIFAR-10-C", {}), reference.cells.get("CIFAR-10-C", {})
-    errors = []
-    for name in BENCHMARK:
-        if name not in ours or name not in ref or not _mean(ref[name], "test_err").mean:
-            return None
-        errors.append(100 * _mean(ours[name], "test_err").mean / _mean(ref[name], "test_err").mean)
-    return sum(errors) / len(errors)
+    return summarize(_seed_means(model.rows), _seed_means(reference.rows)).get("mce")
+
+
+def _seed_means(per_seed: list[Sequence[Row]]) -> list[Row]:
+    """One row per (corruption, severity) with the test error averaged over the seeds that have it."""
+    errors: dict[tuple[str, int], list[float]] = {}
+    for rows in per_seed:
+        for row in rows:
+            errors.setdefault((str(row["corruption"]), int(row["severity"])), []).append(float(row["test_err"]))
+    return [{"corruption": c, "severity": s, "test_err": sum(v) / len(v)} for (c, s), v in errors.items()]
 
 
 def suite_sections(experiment: Experiment, out_dir: Path, csv_rows: dict[str, list[dict[str, Any]]],
