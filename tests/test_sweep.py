@@ -120,8 +120,11 @@ def test_dry_run_prints_one_line_per_run_with_its_status(tmp_path: Path, capsys:
     assert lock.try_acquire()
     assert main(["sweep", str(tiny_grid(tmp_path)), "--out", str(root), "--dry-run"]) == 0
     lock.release()
-    lines = capsys.readouterr().out.splitlines()
+    *lines, total, estimate = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
+    # the done run counts no epoch; the partial one (no metrics.csv yet) and the two pending one each
+    assert total == "total: 4 runs (2 pending, 1 partial, 1 trained), 3 epochs left (96 training images)"
+    assert estimate.startswith("estimated wall time: ") and "with 1 worker(s), from 1 network(s) timed just now on cpu" in estimate
     assert [line.split()[:4] for line in lines] == [
         [str(root.resolve() / name), "resnet_n3", str(seed), status]
         for name, seed, status in zip(NAMES, (1, 2, 3, 4), ("done", "partial", "pending", "pending"))
@@ -132,9 +135,10 @@ def test_dry_run_prints_one_line_per_run_with_its_status(tmp_path: Path, capsys:
 
 def test_reproduce_is_the_paper_grid_and_checks_the_data_first(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    assert main(["reproduce", "resnet", "--out", str(tmp_path / "runs"), "--dry-run"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    assert main(["reproduce", "resnet", "--out", str(tmp_path / "runs"), "--dry-run", "--no-estimate"]) == 0
+    *lines, total = capsys.readouterr().out.splitlines()
     assert len(lines) == 40 and lines[0].split()[1:] == ["resnet_n3", "9", "pending"]
+    assert total == "total: 40 runs (40 pending, 0 partial, 0 trained), 8,000 epochs left (400,000,000 training images)"
     monkeypatch.delenv("MINNETS_DATA", raising=False)
     (tmp_path / "empty").mkdir()
     assert main(["reproduce", "all", "--out", str(tmp_path / "runs"), "--data", str(tmp_path / "empty")]) == 2
@@ -452,3 +456,47 @@ def test_slurm_backend_needs_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MinnetsError, match="sbatch"):
         run_sweep([Job("resnet_n3", 1, TINY)], tmp_path / "root", backend="slurm", evaluate=False)
+
+
+# --- the run contract in sweeps ---------------------------------------------------------------------
+
+
+def test_ablation_grid_holds_every_and_operator_beside_the_baselines() -> None:
+    from minnets.ops import operator_names
+
+    jobs = load_grid("ablation")
+    units = operator_names()
+    assert units[0] == "min" and {"product", "max", "sum", "smoothmin", "powermean", "geomean", "single"} <= set(units)
+    assert len(jobs) == (1 + len(units)) * (5 + 3)  # paper seeds: five ResNet, three DenseNet
+    resnet = {(job.model, job.overrides.get("unit", "min")) for job in jobs if job.seed == 16}
+    assert resnet == {("resnet_n3", "min")} | {("min_resnet_n3", unit) for unit in units}
+    assert {job.seed for job in jobs if job.model == "min_densenet_l22"} == {9, 507, 723}
+    assert [job.name for job in jobs[:3]] == ["resnet_n3-s9", "min_resnet_n3-s9", "min_resnet_n3-product-s9"]
+    assert all(job.config().recipe is None and job.config().unit == job.overrides.get("unit", "min") for job in jobs)
+
+
+def test_sweep_out_that_is_a_file_and_unknown_suites_are_one_line(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["sweep", str(tiny_grid(tmp_path)), "--out", str(tmp_path / "file"), "--gpus", "none"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["sweep", str(tiny_grid(tmp_path)), "--out", str(tmp_path / "root"), "--gpus", "none",
+                 "--suites", "jpeg,weather"]) == 2
+    assert "unknown suite 'weather'" in capsys.readouterr().err
+
+
+def test_sweep_hands_the_config_to_its_worker_and_runs_the_suite_stages(tmp_path: Path) -> None:
+    grid = tiny_grid(tmp_path, seeds=(1,), channels_last=False)  # a boolean switched off from the grid
+    lines: list[str] = []
+    result = run_sweep(grid, tmp_path / "root", gpus=[], suites=("jpeg",), echo=lines.append)
+    assert [r.status for r in result.results] == ["done"], "\n".join(lines)
+    run = tmp_path / "root" / "resnet_n3-s1"
+    job = RunConfig.from_json(run / "job.json")
+    assert job == load_grid(grid)[0].config() and job.channels_last is False
+    stored = RunConfig.from_json(run / "config.json")
+    assert stored.identity() == {**job.resolved(10, 10_000, 2_000, stored.threads).identity()}
+    log = (run / "jpeg.log").read_text()
+    assert f"minnets robustness {run} --suite jpeg" in log
+    from minnets.robustness import suite_complete
+
+    assert suite_complete(run, "jpeg") and result.report is not None

@@ -6,11 +6,13 @@ import argparse
 from pathlib import Path
 
 from minnets.errors import MinnetsError
-from minnets.sweep import REPRODUCE_GRIDS, Settings, SlurmOptions, describe, load_grid, parse_gpus, run_sweep
+from minnets.sweep import REPRODUCE_GRIDS, Settings, SlurmOptions, describe, detect_gpus, load_grid, parse_gpus, run_sweep
 from minnets.sweep.locks import HEARTBEAT_SECONDS
+from minnets.sweep.pool import DEFAULT_SUITES
 
 _GRID_HELP = (
-    "paper-resnet (40 runs), paper-densenet (18), paper (58), or a JSON file "
+    "paper-resnet (40 runs), paper-densenet (18), paper (58), ablation (72: min_resnet_n3 and "
+    "min_densenet_l22 with every AND operator, and their baselines), or a JSON file "
     '{"models": [...], "seeds": [...], "overrides": {...}}: models are names or patterns '
     "(min_resnet_*), seeds default to each recipe's seeds, overrides are `minnets train` options "
     'by their Python names, e.g. {"dataset": "shapes10", "epochs": 1, "subset": 256}'
@@ -19,10 +21,15 @@ _DESCRIPTION = (
     "Every run gets its own directory ROOT/<model>-s<seed>. Finished runs are skipped, interrupted "
     "ones resume, so stop (Ctrl-C, SIGTERM) and re-run the same command freely; several sweeps (other "
     "GPUs, hosts, Slurm) may share one ROOT: a lock in ROOT/.locks keeps each run to one of them. "
-    "Each run trains in its own `minnets train` process, logging to ROOT/<run>/train.log; then "
-    "(unless --no-report) `minnets jpeg` evaluates it and the sweep ends with `minnets report ROOT "
-    "--out ROOT/report`. Runs come in rounds of seeds (every model's first seed first)."
+    "Each run trains in its own `minnets train --config ROOT/<run>/job.json` process, logging to "
+    "ROOT/<run>/train.log; then `minnets robustness ROOT/<run> --suite NAME` evaluates it for each of "
+    "--suites, and the sweep ends with `minnets report ROOT --out ROOT/report`. Runs come in rounds of "
+    "seeds (every model's first seed first)."
 )
+
+
+def _suites(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -46,14 +53,21 @@ def _add_common(parser: argparse.ArgumentParser, report_flag: bool) -> None:
                         help="local worker processes, or one Slurm job array through submitit "
                         "(pip install 'minnets[slurm]')")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print one line per run (directory, model, seed, done/partial/pending) and stop")
+                        help="print one line per run (directory, model, seed, done/partial/pending), the total "
+                        "runs and epochs left and an estimated wall time, and stop")
+    parser.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --dry-run: time a few training steps of each network on this machine for "
+                        "the wall-time estimate (default: on)")
+    parser.add_argument("--suites", type=_suites, default=DEFAULT_SUITES, metavar="LIST",
+                        help="evaluation suites run on every trained run, comma-separated from jpeg, "
+                        "corruptions, adversarial (default: %(default)s, the paper's)")
     parser.add_argument("--data", metavar="DIR", help="dataset folder, given to every run and to the report "
                         "(default: $MINNETS_DATA)")
     parser.add_argument("--download", action="store_true",
                         help="fetch the dataset once, before any run starts, if it is missing")
     if report_flag:
         parser.add_argument("--no-report", action="store_true",
-                            help="train only: no JPEG evaluation of the runs and no report")
+                            help="train only: no evaluation suites and no report")
     parser.add_argument("--stale-minutes", type=float, default=10.0, metavar="M",
                         help="a lock whose holder on another host has not refreshed it for M minutes is taken "
                         "over (holders on this host: as soon as their process is gone; default %(default)s)")
@@ -71,7 +85,14 @@ def _add_common(parser: argparse.ArgumentParser, report_flag: bool) -> None:
 
 def _sweep(args: argparse.Namespace, grid: str, evaluate: bool) -> int:
     if args.dry_run:
-        for line in describe(load_grid(grid), Path(args.out).expanduser().resolve()):
+        from minnets.sweep.estimate import describe_plan, plan
+
+        jobs, root = load_grid(grid), Path(args.out).expanduser().resolve()
+        for line in describe(jobs, root):
+            print(line)
+        gpus = parse_gpus(args.gpus)
+        workers = args.workers or max(1, len(detect_gpus() if gpus is None else gpus))
+        for line in describe_plan(plan(jobs, root), workers, measure=args.estimate):
             print(line)
         return 0
     if args.workers is not None and args.workers < 1:
@@ -83,7 +104,7 @@ def _sweep(args: argparse.Namespace, grid: str, evaluate: bool) -> int:
                          gpus_per_task=args.slurm_gpus_per_task, cpus_per_task=args.slurm_cpus_per_task,
                          mem_gb=args.slurm_mem_gb, extra=dict(args.slurm_option))
     result = run_sweep(grid, args.out, workers=args.workers, gpus=parse_gpus(args.gpus), backend=args.backend,
-                       evaluate=evaluate, data=args.data, download=args.download, slurm=slurm,
+                       evaluate=evaluate, suites=args.suites, data=args.data, download=args.download, slurm=slurm,
                        settings=Settings(stale_seconds=60.0 * args.stale_minutes))
     if result.failed:
         names = ", ".join(r.job.name for r in result.failed)
@@ -101,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "reproduce", help="the paper in one command: its grid of runs, JPEG evaluation and report",
-        description="Train the paper's runs with its settings (SPEC section 7), evaluate them under JPEG and "
+        description="Train the paper's runs with its recipes and seeds, evaluate them under JPEG and "
         "write the report: `minnets sweep paper-resnet|paper-densenet|paper --out DIR` with evaluation. "
         "Needs CIFAR-10 (--data DIR, $MINNETS_DATA, or --download). " + _DESCRIPTION,
     )
