@@ -1,4 +1,4 @@
-"""``minnets models``: every model's parameter count next to the paper's (SPEC section 4)."""
+"""``minnets models``: every model's parameter count next to the published model's."""
 
 from __future__ import annotations
 

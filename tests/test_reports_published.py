@@ -7,8 +7,8 @@ import pytest
 from minnets.reports import load_published
 from minnets.reports.published import paper_grid, paper_models, published_model, qualities
 
-# SPEC section 4: trainable parameters with 10 classes, (baseline, Min-Net).
-SPEC_PARAMETERS = {
+# The published models' trainable parameters with 10 classes, (baseline, Min-Net).
+PAPER_PARAMETERS = {
     "resnet_n3": 270_298, "min_resnet_n3": 217_082,
     "resnet_n5": 465_178, "min_resnet_n5": 411_962,
     "resnet_n7": 660_058, "min_resnet_n7": 606_842,
@@ -19,8 +19,8 @@ SPEC_PARAMETERS = {
 }
 
 
-def test_parameters_match_spec_section_4_for_all_14_models() -> None:
-    assert {name: published_model(name)["parameters"] for name in paper_models()} == SPEC_PARAMETERS
+def test_parameters_match_the_published_models_for_all_14() -> None:
+    assert {name: published_model(name)["parameters"] for name in paper_models()} == PAPER_PARAMETERS
 
 
 def test_parameters_match_the_model_registry() -> None:
@@ -37,7 +37,7 @@ def test_parameters_match_the_model_registry() -> None:
 @pytest.mark.parametrize(
     ("model", "path", "expected"),
     [
-        # SPEC section 9 / paper Table 1
+        # paper Figure 2 and Table 1
         ("min_densenet_l100", ("final_test_err", "mean"), 4.55),
         ("min_densenet_l100", ("final_test_err", "std"), 0.14),
         ("densenet_l58", ("final_test_err", "max"), 6.25),
