@@ -317,7 +317,8 @@ class Regenerated:
         return array
 
     def make(self, names: Sequence[str] = C.CORRUPTIONS, severities: Sequence[int] = C.SEVERITIES) -> Path:
-        """Every (corruption, severity) asked for, with one progress bar; resumes file by file."""
+        """Every (corruption, severity) asked for, with one progress bar (a line per level when
+        stderr is not a terminal); resumes file by file."""
         for name in names:
             for severity in severities:
                 C.check_corruption(name, severity)
@@ -330,7 +331,9 @@ class Regenerated:
             print(f"{done} of {len(names) * len(severities)} levels already in {self.folder}", file=sys.stderr)
         with tqdm(total=len(todo) * len(self.images), unit="img", desc="CIFAR-10-C regenerated",
                   disable=None) as bar:
-            for name, severity in todo:
+            for i, (name, severity) in enumerate(todo, 1):
                 bar.set_postfix_str(f"{name} {severity}")
                 self.get(name, severity, bar)
+                if bar.disable:  # no terminal: a line per level instead of the bar
+                    print(f"{name} severity {severity} made ({i} of {len(todo)})", file=sys.stderr, flush=True)
         return self.folder / MANIFEST
