@@ -81,7 +81,8 @@ PARAMETERS: dict[str, tuple[Any, ...]] = {
     "saturate": ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)),  # HSV saturation * a + b
 }
 
-#: The six frost pictures of hendrycks/robustness (``ImageNet-C/create_c/``): sha256, md5.
+#: The six frost pictures of hendrycks/robustness (``ImageNet-C/create_c/``): sha256 (checked on
+#: every read) and md5 (what the shared downloader checks while fetching).
 FROST_FILES: dict[str, tuple[str, str]] = {
     "frost1.png": ("ff9f907860bd7a835d459e32f9d588062b7f61ee267343cc7222b56753a14755",
                    "6ead634ace1f366d77e87078b465863c"),
