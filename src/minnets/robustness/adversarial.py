@@ -239,9 +239,9 @@ def _pyautoattack() -> Any:
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
            generator: torch.Generator, n_queries: int = SQUARE_QUERIES) -> torch.Tensor:
     """The Square Attack of ``pyautoattack`` (margin loss, p_init 0.8, as AutoAttack runs it)."""
+    _pyautoattack()
     from pyautoattack.square import SquareAttack
 
-    _pyautoattack()
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     attack = SquareAttack(model, p_init=0.8, n_queries=n_queries, eps=eps, norm=norm, n_restarts=1, seed=seed,
                           verbose=False, device=x.device, resc_schedule=False)
@@ -391,7 +391,7 @@ class AdversarialSuite(Suite):
                 wrong = self._preds(clean, self.attack, eps) != labels
                 if previous is not None and row["test_err"] < previous - 100 * tolerance / n:
                     failures.append("monotone")
-                iterative = "pgd" if self.attack == "fgsm" else self.attack
+                iterative = {"fgsm": "pgd", "square": "apgd"}.get(self.attack, self.attack)
                 iterative_wrong = wrong if iterative == self.attack else self._preds(clean, iterative, eps) != labels
                 fgsm_wrong = self._preds(clean, "fgsm", eps) != labels
                 if np.count_nonzero(fgsm_wrong) > np.count_nonzero(iterative_wrong) + tolerance:

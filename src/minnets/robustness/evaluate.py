@@ -75,7 +75,7 @@ def predict(model: nn.Module, images: np.ndarray, mean: Sequence[float], std: Se
 
 def predict01(model01: nn.Module, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
     """Argmax class of float NCHW images in [0, 1] through an :class:`ImageModel`."""
-    if images.dtype.is_floating_point is False or images.ndim != 4:
+    if not images.dtype.is_floating_point or images.ndim != 4:
         raise MinnetsError(f"attack images must be a float N x C x H x W tensor, got {images.dtype} {tuple(images.shape)}")
     if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
         raise MinnetsError("attack images must lie in [0, 1]")
