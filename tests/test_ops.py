@@ -136,3 +136,54 @@ def test_create_model_refuses_an_operator_for_a_baseline_and_unknown_names():
         minnets.create_model("min_resnet_n3", unit="mni")
     assert minnets.create_model("min_resnet_n3", unit="smoothmin:tau=0.3").stacks[0][0].min_unit.operator.spec == \
         "smoothmin:tau=0.3"
+
+
+def unit_inputs(dtype: torch.dtype, stride: int = 2) -> tuple:
+    torch.manual_seed(5)
+    x = torch.relu(torch.randn(2, 5, 7, 7, dtype=dtype)).requires_grad_(True)
+    v, g = (torch.randn(5, 1, 3, 3, dtype=dtype, requires_grad=True) for _ in range(2))
+    return x, v, g, stride, 1, 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["native", "composite"])
+def test_min_unit_operator_registration_passes_opcheck(dtype):
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch agree."""
+    torch.library.opcheck(torch.ops.minnets.min_unit.default, unit_inputs(dtype))
+
+
+def test_fused_min_block_operator_registration_passes_opcheck():
+    if not kernels.available():
+        pytest.skip("no C compiler: the native kernel is not built")
+    torch.manual_seed(6)
+    block = MinBlock(6, 8, stride=2)
+    x = torch.randn(2, 6, 7, 7, requires_grad=True)
+    args = (x, block.expand[0].weight, block.expand[1].weight, block.expand[1].bias, 1e-5,
+            block.min_unit.filter_v.weight, block.min_unit.filter_g.weight, 2, 1e-5, block.reduce[0].weight)
+    torch.library.opcheck(torch.ops.minnets.min_block_branch.default, args)
+
+
+def reference_gradients(x, v, g, stride, upstream):
+    """The composite unit through autograd, in float64: the tests' reference."""
+    inputs = [t.detach().double().requires_grad_(True) for t in (x, v, g)]
+    out = ops.composite_unit(*inputs, stride, 1, 1e-5)
+    return [out.detach(), *torch.autograd.grad(out, inputs, upstream.double())]
+
+
+@pytest.mark.parametrize("path", ["native", "composite"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("batch, channels, size", [(1, 5, 7), (3, 9, 6), (2, 16, 5)])
+def test_every_cpu_path_of_the_operator_matches_the_composite_reference(path, stride, batch, channels, size):
+    """The operator's CPU implementations (native kernel; its composite fallback) with its
+    registered backward, against plain PyTorch autograd: output, input and filter gradients."""
+    if path == "native" and not kernels.available():
+        pytest.skip("no C compiler: the native kernel is not built")
+    torch.manual_seed(batch * 100 + channels + stride)
+    x = torch.relu(torch.randn(batch, channels, size, size)).requires_grad_(True)
+    v, g = (torch.randn(channels, 1, 3, 3, requires_grad=True) for _ in range(2))
+    with kernels.use_native(path == "native"):
+        out, _ = ops.min_unit(x, v, g, stride, 1, 1e-5)
+        upstream = torch.randn_like(out)
+        actual = [out.detach(), *torch.autograd.grad(out, (x, v, g), upstream)]
+    for name, a, e in zip(["output", "x.grad", "v.grad", "g.grad"], actual, reference_gradients(x, v, g, stride,
+                                                                                                 upstream)):
+        torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-5 * float(e.abs().max()), msg=name)

@@ -120,7 +120,9 @@ def _branch_backward(grad: Tensor, x: Tensor, weight: Tensor, gamma: Tensor, bet
         grad, None, weight_v, weight_g, stats, stride, True, expansion, reduce_weight)
     d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, x.dtype)
     d_x = _maps(expansion.grad_rows.addmm_(fold.ones, cross), _pixels(x))
-    return d_x, d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce
+    # Layouts as the fake implementation promises them: x's gradient channels-last, the rest contiguous.
+    return (d_x.contiguous(memory_format=_CHANNELS_LAST),
+            *(t.contiguous() for t in (d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce)))
 
 
 @torch.library.custom_op("minnets::min_block_branch_inference", mutates_args=(), device_types="cpu")
@@ -136,8 +138,8 @@ def _branch_inference(x: Tensor, weight: Tensor, bias: Tensor, weight_v: Tensor,
 def _fake_out(x: Tensor, weight_v: Tensor, stride: int, reduce_weight: Tensor) -> Tensor:
     n, _, h, w = x.shape
     k = weight_v.shape[-1]
-    return x.new_empty(n, reduce_weight.shape[0], _out_size(h, k, stride, k // 2), _out_size(w, k, stride, k // 2),
-                       memory_format=_CHANNELS_LAST)
+    return torch.empty(n, reduce_weight.shape[0], _out_size(h, k, stride, k // 2), _out_size(w, k, stride, k // 2),
+                       dtype=x.dtype, device=x.device, memory_format=_CHANNELS_LAST)
 
 
 @_branch.register_fake
@@ -149,8 +151,9 @@ def _(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_we
 
 @_branch_backward.register_fake
 def _(grad, x, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight):
-    return (torch.empty_like(x, memory_format=_CHANNELS_LAST), *(torch.empty_like(t) for t in (
-        weight, gamma, beta, weight_v, weight_g, reduce_weight)))
+    return (torch.empty_like(x, memory_format=_CHANNELS_LAST), *(
+        torch.empty_like(t, memory_format=torch.contiguous_format)
+        for t in (weight, gamma, beta, weight_v, weight_g, reduce_weight)))
 
 
 @_branch_inference.register_fake

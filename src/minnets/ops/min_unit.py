@@ -74,11 +74,31 @@ def _composite_forward(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: in
 
 def _composite_backward(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, padding: int,
                         eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    with torch.enable_grad():
-        inputs = [t.detach().requires_grad_(True) for t in (x, weight_v, weight_g)]
-        out = composite_unit(*inputs, stride, padding, eps)
-        grads = torch.autograd.grad(out, inputs, grad)
-    return grads[0].contiguous(memory_format=_CHANNELS_LAST), grads[1].contiguous(), grads[2].contiguous()
+    """The closed-form backward pass (an operator's implementation runs below autograd).
+
+    The gradient follows PyTorch's conventions for ``relu`` and ``minimum``: nothing where the
+    output is 0, all of it to the smaller response, half to each on a tie. Instance norm's
+    backward is ``scale * (d - mean(d) - y * mean(d * y))`` for the gradient ``d`` at its output ``y``.
+    """
+    groups = weight_v.shape[0]
+    conv = dict(stride=stride, padding=padding, groups=groups)
+    a, _, scale_v = instance_norm(F.conv2d(x, weight_v, **conv), eps)
+    b, _, scale_g = instance_norm(F.conv2d(x, weight_g, **conv), eps)
+    grad = torch.where(torch.minimum(a, b) > 0, grad, 0)
+    side = torch.sign(b - a)  # +1 where a is the minimum, -1 where b is, 0 on a tie
+
+    def norm_backward(d: Tensor, y: Tensor, scale: Tensor) -> Tensor:
+        dims = (2, 3)
+        return scale * (d - d.mean(dim=dims, keepdim=True) - y * (d * y).mean(dim=dims, keepdim=True))
+
+    def conv_backward(d: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        grads = torch.ops.aten.convolution_backward(d, x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False,
+                                                    [0, 0], groups, [True, True, False])
+        return grads[0], grads[1]
+
+    grad_x_v, grad_v = conv_backward(norm_backward(grad * (1 + side) * 0.5, a, scale_v), weight_v)
+    grad_x_g, grad_g = conv_backward(norm_backward(grad * (1 - side) * 0.5, b, scale_g), weight_g)
+    return (grad_x_v + grad_x_g).contiguous(memory_format=_CHANNELS_LAST), grad_v.contiguous(), grad_g.contiguous()
 
 
 def _native(x: Tensor, weight_v: Tensor, padding: int) -> bool:
@@ -117,7 +137,7 @@ def min_unit(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, padding
 def min_unit_backward(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
                       padding: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of ``x``, ``weight_v`` and ``weight_g``; the composite implementation recomputes
-    the forward pass with autograd (``stats`` is for the kernels)."""
+    the forward pass (``stats`` is for the kernels)."""
     return _composite_backward(grad, x, weight_v, weight_g, stride, padding, eps)
 
 
@@ -136,7 +156,7 @@ def _min_unit_backward_cpu(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: 
     x = x.contiguous(memory_format=_CHANNELS_LAST)
     if _native(x, weight_v, padding) and kernels.usable(x, weight_g) and grad.dtype == torch.float32:
         grad_x, grad_v, grad_g, _ = kernels.min_unit_backward(grad, x, weight_v, weight_g, stats, stride, False)
-        return grad_x, grad_v, grad_g
+        return grad_x, grad_v.contiguous(), grad_g.contiguous()
     return _composite_backward(grad, x, weight_v, weight_g, stride, padding, eps)
 
 
@@ -144,7 +164,8 @@ def _min_unit_backward_cpu(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: 
 def _min_unit_cuda(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, padding: int, eps: float
                    ) -> tuple[Tensor, Tensor]:
     if _triton_usable() and x.dtype in (torch.float32, torch.bfloat16):
-        return _triton().min_unit_forward(x, weight_v, weight_g, stride, padding, eps)
+        out, stats = _triton().min_unit_forward(x, weight_v, weight_g, stride, padding, eps)
+        return out.contiguous(memory_format=_CHANNELS_LAST), stats
     return _composite_forward(x, weight_v, weight_g, stride, padding, eps)
 
 
@@ -152,7 +173,8 @@ def _min_unit_cuda(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, p
 def _min_unit_backward_cuda(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
                             padding: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     if _triton_usable() and x.dtype in (torch.float32, torch.bfloat16):
-        return _triton().min_unit_backward(grad, x, weight_v, weight_g, stats, stride, padding, eps)
+        grad_x, grad_v, grad_g = _triton().min_unit_backward(grad, x, weight_v, weight_g, stats, stride, padding, eps)
+        return grad_x.contiguous(memory_format=_CHANNELS_LAST), grad_v.contiguous(), grad_g.contiguous()
     return _composite_backward(grad, x, weight_v, weight_g, stride, padding, eps)
 
 
@@ -165,16 +187,17 @@ def _min_unit_fake(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, p
                    ) -> tuple[Tensor, Tensor]:
     n, c, h, w = x.shape
     k = weight_v.shape[-1]
-    out = x.new_empty(n, c, _out_size(h, k, stride, padding), _out_size(w, k, stride, padding),
-                      memory_format=_CHANNELS_LAST)
+    out = torch.empty(n, c, _out_size(h, k, stride, padding), _out_size(w, k, stride, padding),
+                      dtype=x.dtype, device=x.device, memory_format=_CHANNELS_LAST)
     return out, x.new_empty(n, 4, c, dtype=torch.float32)
 
 
 @min_unit_backward.register_fake
 def _min_unit_backward_fake(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
                             padding: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return (torch.empty_like(x, memory_format=_CHANNELS_LAST), torch.empty_like(weight_v),
-            torch.empty_like(weight_g))
+    return (torch.empty_like(x, memory_format=_CHANNELS_LAST),
+            torch.empty_like(weight_v, memory_format=torch.contiguous_format),
+            torch.empty_like(weight_g, memory_format=torch.contiguous_format))
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:

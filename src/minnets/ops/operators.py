@@ -33,7 +33,6 @@ import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import torch
 
@@ -55,7 +54,7 @@ class AndOperator:
 
     name: str
     combine: Combine = field(repr=False)
-    params: Mapping[str, float] = field(default_factory=dict)
+    params: dict[str, float] = field(default_factory=dict)
     filters: int = 2
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -77,7 +76,7 @@ def register_operator(name: str, combine: Combine, filters: int = 2, **defaults:
         raise ValueError(f"AND operator {name!r} is already registered")
     if ":" in name or "," in name or "=" in name:
         raise ValueError(f"an operator name cannot contain ':', ',' or '=': {name!r}")
-    _REGISTRY[name] = AndOperator(name, combine, MappingProxyType(dict(defaults)), filters)
+    _REGISTRY[name] = AndOperator(name, combine, dict(defaults), filters)
 
 
 def operator_names() -> list[str]:
@@ -119,7 +118,7 @@ def get_operator(spec: str | AndOperator = "min") -> AndOperator:
     base = _REGISTRY[name]
     params = _parse_params(str(spec), text, base.params)
     _check(str(spec), name, params)
-    return AndOperator(name, base.combine, MappingProxyType(params), base.filters)
+    return AndOperator(name, base.combine, params, base.filters)
 
 
 def _check(spec: str, name: str, params: Mapping[str, float]) -> None:
