@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minnets import kernels
+from minnets import kernels, ops
 from minnets.layers import MinBlock, MinUnit
 
 REL = 1e-5
@@ -264,3 +264,33 @@ def test_inference_mode_gives_the_eval_output():
     x = torch.randn(2, 8, 8, 8)
     with torch.inference_mode():
         assert_close(fast(x), plain(x))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_batch_of_one_matches_plain(stride):
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinBlock(5, 6, stride), MinBlock(5, 6, stride))
+    assert_same(plain, fast, torch.randn(1, 5, 7, 7))
+
+
+def test_the_native_path_is_the_fused_operator(min_unit_path):
+    """Guards the comparisons above: with the kernel on, a float32 training block runs fused."""
+    block, x = MinBlock(4, 8, 2), torch.randn(2, 4, 6, 6)
+    assert (ops.fused_min_block(block, x) is not None) == (min_unit_path == "native")
+    block.eval()
+    with torch.no_grad():
+        assert (ops.fused_min_block(block, x) is not None) == (min_unit_path == "native")
+    assert ops.fused_min_block(block, x) is None  # evaluation with gradients runs the modules
+
+
+@pytest.mark.parametrize("unit", ["product", "smoothmin:tau=0.3"])
+def test_other_operators_run_the_modules_and_match_their_composition(unit):
+    torch.manual_seed(0)
+    block = MinBlock(4, 8, 2, unit=unit)
+    x = torch.randn(2, 4, 6, 6)
+    assert ops.fused_min_block(block, x) is None
+    v = F.conv2d(block.expand(x), block.min_unit.filter_v.weight, stride=2, padding=1, groups=16)
+    g = F.conv2d(block.expand(x), block.min_unit.filter_g.weight, stride=2, padding=1, groups=16)
+    expected = block.shortcut(x) + block.reduce(
+        ops.get_operator(unit)(F.relu(F.instance_norm(v)), F.relu(F.instance_norm(g))))
+    assert_close(block(x), expected)
