@@ -47,19 +47,21 @@ MIN_POINTS = 5
 
 
 def optimal_directions(response: Response, x0: torch.Tensor, units: Sequence[int], radius: float, *,
-                       stages: int = 4, steps: int = 50, starts: int = 4, step_size: float = 0.3,
-                       decay: float = 0.88, generator: torch.Generator | None = None) -> torch.Tensor:
+                       stages: int = 3, growth: float = 8.0, steps: int = 40, starts: int = 4, step_size: float = 0.3,
+                       decay: float = 0.85, start_window: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Unit vectors ``e1[k]`` (shape ``(K, *x0.shape)``) maximising ``f_units[k](x0 + radius e)``.
 
     Projected gradient ascent on the sphere ``|e| = 1``: each step moves ``e`` along the
     tangential part of the gradient by ``step_size * decay**i`` (radians, approximately) and
     renormalises; the step shrinks so the ascent settles on a kink (a Min-unit's maximum is
     where its two filters' responses are equal and the gradient switches between them). The
-    radius grows in ``stages`` from ``radius / 2**(stages - 1)`` to ``radius``, each stage starting
+    radius grows in ``stages`` by a factor ``growth`` each, up to ``radius``, each stage starting
     from the last one's direction: a rectified unit has zero gradient wherever it is off, and a
     first jump of the full radius along the gradient at ``x0`` can land there, while on a small
     sphere the unit stays as active as at ``x0``. Every unit starts from the gradient direction
-    at ``x0`` and from ``starts - 1`` random directions; the best point of the last stage wins.
+    at ``x0`` and from ``starts - 1`` random directions (Gaussian, times ``start_window`` if
+    given: e.g. a window on the unit's receptive field); the best point of the last stage wins.
     All units and starts ascend together in one batch.
     """
     units = list(units)
@@ -68,12 +70,14 @@ def optimal_directions(response: Response, x0: torch.Tensor, units: Sequence[int
     columns = torch.tensor(units * starts)
     rows = torch.arange(len(columns))
     e = torch.randn((starts * count, *shape), generator=generator, dtype=x0.dtype)
+    if start_window is not None:
+        e = e * start_window
     first = _gradients(response, x0.expand(count, *shape).clone(), columns[:count])
     usable = _flat_norm(first) > 0
     e[:count][usable] = first[usable]
     e = _normalise(e)
     for stage in reversed(range(stages)):
-        scale = radius / 2**stage
+        scale = radius / growth**stage
         best, best_value = e.clone(), torch.full((len(columns),), -math.inf, dtype=torch.float64)
         for step in range(steps + 1):
             e_var = e.detach().requires_grad_(True)
