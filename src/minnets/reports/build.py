@@ -18,6 +18,7 @@ from minnets import __version__
 from minnets.data import load_dataset
 from minnets.errors import MinnetsError
 from minnets.reports import figures, published
+from minnets.reports.analysis import analysis_sections, and_operator_sections
 from minnets.reports.runs import SETTING_KEYS, Run, find_runs
 from minnets.reports.suites import suite_sections
 from minnets.reports.tables import (
@@ -71,6 +72,8 @@ def build_report(runs_root: Path, out_dir: Path, data_root: Path | None = None) 
         table1 += rows
         lines += _experiment_section(experiment, rows, out_dir, jpeg)
         lines += suite_sections(experiment, out_dir, suite_rows, _fmt, _md_table)
+    lines += and_operator_sections(runs, out_dir, suite_rows, _fmt, _md_table)
+    lines += analysis_sections(runs, out_dir, suite_rows, _fmt, _md_table)
     lines += _figure5_section(experiments, data_root, out_dir)
     lines += _missing_section(experiments, skipped)
     lines += _runs_section(runs)
