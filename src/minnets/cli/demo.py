@@ -1,4 +1,4 @@
-"""``minnets demo``: the whole story offline in a few minutes, as one small sweep.
+"""``minnets demo``: the whole story offline, as one small sweep.
 
 A baseline and its Min-Net are trained briefly on the embedded ``shapes10`` (no download),
 JPEG-evaluated and reported with every figure, through the same machinery as
@@ -11,21 +11,27 @@ import argparse
 from pathlib import Path
 
 from minnets.errors import MinnetsError
-from minnets.sweep import make_jobs, run_sweep
+from minnets.sweep import Settings, make_jobs, run_sweep
+from minnets.text import plural
 
 DEMO_MODELS = ("resnet_n3", "min_resnet_n3")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise MinnetsError(f"--seeds must be at least 1, got {args.seeds}")
     overrides = {"dataset": args.dataset, "recipe": "quick", "epochs": args.epochs}
     if args.subset:
         overrides["subset"] = args.subset
     jobs = make_jobs(list(args.models.split(",")), seeds=list(range(args.seeds)), overrides=overrides)
-    print(f"minnets demo: {len(jobs)} runs ({args.models}) on {args.dataset}, {args.epochs} epochs each, "
-          f"then JPEG robustness and the report, in {args.out}")
-    result = run_sweep(jobs, args.out, data=args.data, download=args.download, workers=args.workers)
+    images = f"the first {args.subset:,} training images" if args.subset else "all training images"
+    print(f"minnets demo: {plural(len(jobs), 'run')} ({args.models}) on {args.dataset}, {args.epochs} epochs each "
+          f"on {images}, {plural(args.seeds, 'seed')}; then JPEG robustness and the report, in {args.out}")
+    result = run_sweep(jobs, args.out, data=args.data, download=args.download, workers=args.workers,
+                       settings=Settings(echo_epochs=True))
     if result.failed:
-        raise MinnetsError(f"{len(result.failed)} demo run(s) failed; see the train.log files under {args.out}")
+        raise MinnetsError(f"{plural(len(result.failed), 'demo run')} failed; see the train.log files under "
+                           f"{args.out}")
     print(f"\nreport: {result.report}")
     return 0
 

@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from minnets.config import RunConfig
 from minnets.errors import MinnetsError
+from minnets.files import read_json
 from minnets.models import model_info
 from minnets.robustness import JPEG_CSV, read_jpeg_csv
-from minnets.training.rundir import CONFIG, SUMMARY, read_json, read_metrics
-from minnets.training.trainer import IDENTITY_KEYS
+from minnets.rundir import CONFIG, SUMMARY, read_metrics
 
-# What tells one run of an experiment from another: its model and seed (and the dataset, by
-# which the report groups first). Every other identity key of the run contract is a setting:
-# runs that differ in one are never averaged (the same list decides whether a run may resume).
-PER_RUN_KEYS = ("model", "dataset", "num_classes", "seed")
-SETTING_KEYS = tuple(key for key in IDENTITY_KEYS if key not in PER_RUN_KEYS)
+# The run config's settings (RunConfig.setting: what a resumed run must agree on, less model,
+# seed, dataset and thread count): runs that differ in one of them are never averaged. The
+# values are read from config.json with .get, so runs written before a setting existed still
+# report (as None) instead of being left out.
+SETTING_KEYS = tuple(RunConfig(model="").setting())
 
 
 @dataclass(frozen=True)
