@@ -354,3 +354,18 @@ def test_a_demo_report_says_first_that_shapes10_is_not_a_benchmark_and_gives_the
                "tested on all test images; 1 seed (0), 1 run." in line for line in head), head
     assert "1 run: 1 finished, 0 unfinished. Datasets: shapes10 (1 run)." in text
     assert "1 runs" not in text
+
+
+def test_real_runs_from_minnets_train_are_grouped_by_their_recorded_settings(tmp_path: Path) -> None:
+    """Config files as `minnets train` writes them: only the test split differs, so two experiments."""
+    common = ["train", "--model", "resnet_n3", "--dataset", "shapes10", "--recipe", "quick", "--epochs", "1",
+              "--subset", "64", "--quiet", "--device", "cpu", "--threads", "1"]
+    assert main([*common, "--out", str(tmp_path / "runs" / "full")]) == 0
+    assert main([*common, "--test-subset", "100", "--out", str(tmp_path / "runs" / "quick")]) == 0
+    report = build_report(tmp_path / "runs", tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "table1.csv")
+    assert sorted(row["setting"] for row in rows) == ["test_subset=100", "test_subset=None"]
+    assert all(row["n_seeds"] == "1" for row in rows)
+    head = report.read_text().split("Built by")[0]
+    assert "tested on the first 100 test images" in head and "tested on all test images" in head
+    assert "trained on the first 64 training images" in head
