@@ -13,6 +13,8 @@ from minnets.analysis.end_stopping import end_stopping, square_stimuli
 from minnets.analysis.geometry import filter_angles, ideal_min_response
 from minnets.analysis.iso_response import optimal_directions, orthogonalise, plane_fits, response_plane
 from minnets.analysis.silent import TOL, unit_activity
+from minnets.analysis.units import UnitProbe, analysed_blocks
+from minnets.models import create_model
 
 
 def test_filter_angles_of_hand_made_pairs() -> None:
@@ -136,3 +138,28 @@ def test_silent_units_are_those_never_active() -> None:
     floor = TOL * max(float(b.max()) for b in batches)
     positives = sum(float((b > floor).sum()) for b in batches) / (12 * 25)
     assert result["activity"][0] == pytest.approx(positives)
+
+
+def test_probe_reads_the_maps_the_network_computes() -> None:
+    """The probe's Min-unit maps equal those the model's own forward pass produces (hooked)."""
+    model = create_model("min_resnet_n3").eval()
+    blocks = analysed_blocks(model)
+    assert [(b.name, b.kind, b.channels) for b in blocks] == [("stack1", "min", 32), ("stack2", "min", 64),
+                                                              ("stack3", "min", 128)]
+    seen = {}
+    block = blocks[1]
+    handle = block.module.min_unit.register_forward_hook(lambda _m, _a, out: seen.setdefault("maps", out.detach()))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    model(x)  # with gradients enabled the Min-unit runs as its own module, so the hook fires
+    handle.remove()
+    assert UnitProbe(model)(x.detach(), block) == pytest.approx(seen["maps"], abs=1e-5)
+
+
+def test_single_operator_and_baselines_have_no_filter_pairs() -> None:
+    single = analysed_blocks(create_model("min_resnet_n3", unit="single"))
+    assert all(b.kind == "min" and b.filter_pair() is None for b in single)
+    densenet = create_model("densenet_l22")
+    baseline = analysed_blocks(densenet)
+    assert [(b.kind, b.channels, b.filter_pair()) for b in baseline] == [("baseline", 12, None)] * 3
+    maps = UnitProbe(densenet)(torch.randn(2, 3, 32, 32), baseline[2])
+    assert maps.shape == (2, 12, 8, 8) and float(maps.min()) >= 0

@@ -172,7 +172,7 @@ def operator_errors(bars: list[tuple[str, list[float]]], reference: dict[str, li
     """The AND-operator ablation: final test error per operator (mean bar, std whisker, seed dots)."""
     if not any(values for _, values in bars):
         return False
-    fig = Figure(figsize=(1.2 + 0.8 * len(bars), 3.4), layout="constrained")
+    fig = Figure(figsize=(2.4 + 0.8 * len(bars), 3.4), layout="constrained")
     ax = fig.subplots()
     for index, (name, values) in enumerate(bars):
         if not values:
@@ -187,11 +187,12 @@ def operator_errors(bars: list[tuple[str, list[float]]], reference: dict[str, li
             colour, line, label = styles[key]
             ax.axhline(float(np.mean(values)), color=colour, linestyle=line, linewidth=1.2, label=label)
     ax.set_xticks(range(len(bars)), [name for name, _ in bars], rotation=30, ha="right")
+    ax.set_xlim(-0.6, len(bars) - 0.4)
     ax.set_xlabel("AND operator of the Min-units")
     ax.set_ylabel("final test error (%)")
     ax.set_title(title, fontsize=9)
     if any(reference.values()):
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 

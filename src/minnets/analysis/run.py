@@ -147,10 +147,14 @@ def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[...
 
 
 def _angles(blocks: list[AnalysedBlock], initial: nn.Module) -> dict[str, Any]:
-    start = {b.name: b for b in analysed_blocks(initial) if b.kind == "min"}
+    """Trained and initial filter-pair angles and the kernels, per block with filter pairs."""
+    start = {b.name: b for b in analysed_blocks(initial)}
     result = {}
     for block in blocks:
-        v, g = block.filter_pair()
+        pair = block.filter_pair()
+        if pair is None:
+            continue
+        v, g = pair
         result[block.name] = {"trained": filter_angles(v, g), "initial": filter_angles(*start[block.name].filter_pair()),
                               "v": v[:, 0].numpy(), "g": g[:, 0].numpy()}
     return result
@@ -217,11 +221,11 @@ def _write(out: Path, run_dir: Path, config: RunConfig, operator: str, settings:
     summary: dict[str, Any] = {}
     for block in blocks:
         entry: dict[str, Any] = {"kind": block.kind, "channels": block.channels}
+        if block.kind == "min" and block.name not in angles:
+            entry["gamma_note"] = "one filter per unit (operator single): no filter pair, no angle"
         if block.name in angles:
             entry["gamma_deg"] = describe(angles[block.name]["trained"])
             entry["gamma_deg_initial"] = describe(angles[block.name]["initial"])
-            if operator == "single":
-                entry["gamma_note"] = "the operator 'single' never uses g: its angle is not learned"
         silent = activity[block.name]["silent"]
         entry["silent_fraction"] = float(np.mean(silent))
         entry["silent_units"] = int(np.sum(silent))

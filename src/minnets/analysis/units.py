@@ -46,11 +46,12 @@ class AnalysedBlock:
     channels: int
     unit_maps: Callable[..., torch.Tensor]  # the block's forward arguments -> (B, channels, h, w)
 
-    def filter_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Min-units' depthwise kernels ``v`` and ``g``, each ``(channels, 1, k, k)``."""
-        if self.kind != "min":
-            raise ValueError(f"{self.name} is a baseline block: it has no filter pairs")
-        unit = self.module.min_unit
+    def filter_pair(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The Min-units' depthwise kernels ``v`` and ``g``, each ``(channels, 1, k, k)``; None for
+        a baseline block and for a unit with one filter (the operator ``single``)."""
+        unit = getattr(self.module, "min_unit", None)
+        if self.kind != "min" or unit.filter_g is None:
+            return None
         return unit.filter_v.weight.detach(), unit.filter_g.weight.detach()
 
 
@@ -107,10 +108,12 @@ class UnitProbe:
         try:
             self.model(x)
         except _Reached as reached:
-            return block.unit_maps(*reached.args)
+            args = reached.args
+        else:
+            raise RuntimeError(f"the forward pass never reached {block.name}")  # a model that skips the block
         finally:
             handle.remove()
-        raise RuntimeError(f"the forward pass never reached {block.name}")  # a model that skips the block
+        return block.unit_maps(*args)  # the hook is gone: a DenseNet layer's unit calls the layer itself
 
 
 def centre_response(probe: UnitProbe, block: AnalysedBlock) -> Callable[[torch.Tensor], torch.Tensor]:
