@@ -124,7 +124,7 @@ def test_dry_run_prints_one_line_per_run_with_its_status(tmp_path: Path, capsys:
     assert len(lines) == 4
     # the done run counts no epoch; the partial one (no metrics.csv yet) and the two pending one each
     assert total == "total: 4 runs (2 pending, 1 partial, 1 trained), 3 epochs left (96 training images)"
-    assert estimate.startswith("estimated wall time: ") and "with 1 worker(s), from 1 network(s) timed just now on cpu" in estimate
+    assert estimate.startswith("estimated wall time: ") and "with 1 worker, from 1 network timed just now on cpu" in estimate
     assert [line.split()[:4] for line in lines] == [
         [str(root.resolve() / name), "resnet_n3", str(seed), status]
         for name, seed, status in zip(NAMES, (1, 2, 3, 4), ("done", "partial", "pending", "pending"))
@@ -411,8 +411,8 @@ def test_failing_runs_are_reported_and_runs_held_elsewhere_are_waited_for(tmp_pa
     captured = capsys.readouterr()
     assert "FAILED  resnet_n3-s1: train exited with 2" in captured.out
     assert "--subset must be between 1 and 10000, got 99999" in captured.out
-    assert "sweep finished: all 1 runs failed" in captured.out
-    assert "1 of 1 runs failed (resnet_n3-s1)" in captured.err
+    assert "sweep finished: the run failed" in captured.out
+    assert "1 of 1 run failed (resnet_n3-s1)" in captured.err
     assert not list((root / ".locks").glob("*.lock"))
 
     # Held by a live process on this host: the sweep waits, and takes the job over once it is gone.
@@ -447,7 +447,7 @@ def test_slurm_backend_runs_the_unfinished_jobs_as_tasks(tmp_path: Path) -> None
     assert [r.status for r in result.results] == ["done", "done"], "\n".join(lines)
     assert result.results[1].detail == "finished already"
     assert (root / jobs[0].name / "summary.json").exists() and train_starts(root / jobs[0].name) == 1
-    assert any("submitted 1 task(s)" in line for line in lines)
+    assert any("submitted 1 task as job array" in line for line in lines)
     assert list((root / ".submitit").iterdir()), "submitit's task files go to ROOT/.submitit"
 
 

@@ -9,6 +9,7 @@ from minnets.errors import MinnetsError
 from minnets.sweep import REPRODUCE_GRIDS, Settings, SlurmOptions, describe, detect_gpus, load_grid, parse_gpus, run_sweep
 from minnets.sweep.locks import HEARTBEAT_SECONDS
 from minnets.sweep.pool import DEFAULT_SUITES
+from minnets.text import plural
 
 _GRID_HELP = (
     "paper-resnet (40 runs), paper-densenet (18), paper (58), ablation (72: min_resnet_n3 and "
@@ -108,7 +109,7 @@ def _sweep(args: argparse.Namespace, grid: str, evaluate: bool) -> int:
                        settings=Settings(stale_seconds=60.0 * args.stale_minutes))
     if result.failed:
         names = ", ".join(r.job.name for r in result.failed)
-        raise MinnetsError(f"{len(result.failed)} of {len(result.results)} runs failed ({names}); their logs in "
+        raise MinnetsError(f"{len(result.failed)} of {plural(len(result.results), 'run')} failed ({names}); their logs in "
                            f"{Path(args.out)}/<run>/ say why; run the same command again to retry them")
     return 0
 

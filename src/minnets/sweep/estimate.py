@@ -23,6 +23,7 @@ from minnets.config import RunConfig
 from minnets.data.shapes10 import N_TEST, N_TRAIN
 from minnets.models import create_model, model_info
 from minnets.sweep.grid import Job
+from minnets.text import plural
 from minnets.training.distributed import pick_device
 from minnets.training.recipes import default_recipe_name, get_recipe
 from minnets.training.trainer import format_duration
@@ -97,7 +98,7 @@ def describe_plan(plans: Sequence[Plan], workers: int, measure: bool = True) -> 
     counts = {status: sum(p.status == status for p in plans) for status in ("done", "partial", "pending")}
     epochs = sum(p.epochs_left for p in plans)
     images = sum(p.epochs_left * p.train_images for p in plans)
-    lines = [f"total: {len(plans)} runs ({counts['pending']} pending, {counts['partial']} partial, {counts['done']} "
+    lines = [f"total: {plural(len(plans), 'run')} ({counts['pending']} pending, {counts['partial']} partial, {counts['done']} "
              f"trained), {epochs:,} epochs left ({images:,} training images)"]
     todo = [p for p in plans if p.epochs_left]
     if not measure or not todo:
@@ -114,8 +115,8 @@ def describe_plan(plans: Sequence[Plan], workers: int, measure: bool = True) -> 
             rates[key] = measure_images_per_second(p.config, device)
         seconds += p.epochs_left * (p.train_images + EVAL_COST * p.test_images) / rates[key]
     workers = max(1, min(workers, len(todo)))
-    lines.append(f"estimated wall time: {format_duration(seconds / workers)} with {workers} worker(s), from "
-                 f"{len(rates)} network(s) timed just now on {', '.join(sorted(devices))} "
+    lines.append(f"estimated wall time: {format_duration(seconds / workers)} with {plural(workers, 'worker')}, from "
+                 f"{plural(len(rates), 'network')} timed just now on {', '.join(sorted(devices))} "
                  f"(SGD steps of batch {MEASURE_BATCH} or less; evaluation counted as {EVAL_COST:.2g} of "
                  "training per image)")
     return lines

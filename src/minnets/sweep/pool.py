@@ -40,6 +40,7 @@ from minnets import rundir
 from minnets.errors import MinnetsError
 from minnets.sweep.grid import Job
 from minnets.sweep.locks import HEARTBEAT_SECONDS, STALE_SECONDS, JobLock
+from minnets.text import plural
 from minnets.training.trainer import format_duration
 
 __all__ = ["Slot", "Settings", "Result", "Progress", "Pool", "local_slots", "stages_needed", "lock_path",
@@ -210,7 +211,7 @@ class Pool:
                             self.say(f"busy    {job.name}: running elsewhere ({claimed})")
                         waiting[job.name] = (job, time.monotonic() + self.settings.recheck_seconds)
                 if waiting and not active and not queue and not said_waiting:
-                    self.say(f"waiting for {len(waiting)} job(s) running elsewhere: {', '.join(sorted(waiting))}")
+                    self.say(f"waiting for {plural(len(waiting), 'job')} running elsewhere: {', '.join(sorted(waiting))}")
                     said_waiting = True
                 if queue or waiting or active:
                     time.sleep(self.settings.poll_seconds)

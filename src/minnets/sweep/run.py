@@ -22,6 +22,7 @@ from minnets.sweep.grid import Job, load_grid
 from minnets.sweep.locks import JobLock
 from minnets.sweep.pool import DEFAULT_SUITES, Pool, Progress, Result, Settings, local_slots, lock_path, stages_needed
 from minnets.sweep.slurm import SlurmOptions, require_submitit, run_slurm
+from minnets.text import plural
 
 __all__ = ["BACKENDS", "REPRODUCE_GRIDS", "SweepResult", "describe", "detect_gpus", "parse_gpus", "run_sweep"]
 
@@ -149,13 +150,13 @@ def run_sweep(
     for job in jobs:
         counts[rundir.run_status(root / job.name)] += 1
     left = sum(bool(stages_needed(root / job.name, settings.suites)) for job in jobs)
-    header = (f"sweep of {len(jobs)} runs in {root}: {counts['done']} trained, {counts['partial']} partial, "
+    header = (f"sweep of {plural(len(jobs), 'run')} in {root}: {counts['done']} trained, {counts['partial']} partial, "
               f"{counts['pending']} pending; {left} with work left")
     with _sigterm_as_interrupt():
         if backend == "local":
             gpus = detect_gpus() if gpus is None else list(gpus)
             slots = local_slots(workers or max(1, len(gpus)), gpus)
-            progress.say(f"{header}; {len(slots)} worker(s) on {', '.join(sorted({s.label for s in slots}))}; "
+            progress.say(f"{header}; {plural(len(slots), 'worker')} on {', '.join(sorted({s.label for s in slots}))}; "
                          f"logs in {root}/<run>/*.log")
             results = Pool(root, slots, settings, progress).run(jobs)
         else:
@@ -165,7 +166,7 @@ def run_sweep(
         done = sum(r.status == "done" for r in results)
         report = _build_report(root, report_data, progress, settings) if evaluate and done else None
     if results and not done:
-        progress.say(f"sweep finished: all {len(results)} runs failed; their logs in {root}/<run>/ say why")
+        progress.say(f"sweep finished: {'the run' if len(results) == 1 else f'all {len(results)} runs'} failed; their logs in {root}/<run>/ say why")
     else:
         progress.say(f"sweep finished: {done}/{len(results)} runs done" + (f", report: {report}" if report else ""))
     return SweepResult(results, report)

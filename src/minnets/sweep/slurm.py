@@ -28,6 +28,7 @@ from typing import Any
 from minnets.errors import MinnetsError
 from minnets.sweep.grid import Job
 from minnets.sweep.pool import Pool, Progress, Result, Settings, Slot, cpu_count, stages_needed, thread_env
+from minnets.text import plural
 
 __all__ = ["SlurmOptions", "SlurmTask", "require_submitit", "run_slurm"]
 
@@ -121,7 +122,7 @@ def _submit(submitit: Any, todo: list[Job], root: Path, settings: Settings, opti
         raise MinnetsError(f"submitting the array failed: {detail[-1] if detail else type(error).__name__}; "
                            "check the --slurm-* options") from None
     array = str(handles[0].job_id).split("_")[0]
-    progress.say(f"submitted {len(todo)} task(s) as job array {array}; task logs in {folder}")
+    progress.say(f"submitted {plural(len(todo), 'task')} as job array {array}; task logs in {folder}")
     return dict(zip(handles, todo))
 
 
@@ -137,7 +138,7 @@ def _wait(pending: dict[Any, Job], progress: Progress, settings: Settings) -> No
     except BaseException:
         for handle in pending:
             handle.cancel(check=False)
-        progress.say(f"cancelled {len(pending)} task(s) of the array")
+        progress.say(f"cancelled {plural(len(pending), 'task')} of the array")
         raise
 
 
