@@ -189,8 +189,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     """Same global batch, SyncBatchNorm across ranks: the metrics of one process, to 1e-4.
 
     float64 keeps float32 summation-order noise (which training amplifies) out of the comparison.
+    A Min-Net, whose Min-blocks' BatchNorms are the cross-process ones (not the one-process fold)
+    and whose instance norms amplify rounding the most.
     """
-    options = tiny(epochs=2, float64=True)
+    options = tiny(model="min_resnet_n3", epochs=2, float64=True)
     single, double = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "minnets", *cli_args(options, single)], check=True, env=subprocess_env())
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
