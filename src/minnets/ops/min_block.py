@@ -1,11 +1,12 @@
 r"""A Min-block's residual branch up to its last BatchNorm as one native CPU operator.
 
 ``minnets::min_block_branch(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps,
-reduce_weight) -> (out, mean, var, stats)`` is ``conv1x1(reduce_weight, MinUnit(ReLU(BN(W x))))``
+reduce_weight) -> (out, mean, var, stats, rows)`` is ``conv1x1(reduce_weight, MinUnit(ReLU(BN(W x))))``
 with BatchNorm in training mode (batch statistics): the expansion, the Min-unit for the
-minimum, and the reduction's 1x1 conv. It returns the batch mean and unbiased variance of ``W x``
-for the running statistics, which the caller (:func:`fused_min_block`) updates as
-``nn.BatchNorm2d`` would.
+minimum, and the reduction's 1x1 conv. It returns the batch mean and unbiased variance of ``W x``,
+from which the caller (:func:`fused_min_block`) updates the running statistics as
+``nn.BatchNorm2d`` would, and for its backward pass the per-sample statistics and the rows
+``[x - mu, 1]``.
 
 Why one operator: the statistics of ``W x`` follow from those of the (narrower) input, mean
 ``W mu`` and variance ``diag(W Sigma W^T)`` with ``Sigma`` its ``d_in x d_in`` covariance, so the
@@ -64,13 +65,15 @@ class _Fold(NamedTuple):
     var: Tensor  # (f,) biased batch variance of W x, float64
 
 
-def _fold(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> _Fold:
+def _fold(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, eps: float, ones: Tensor | None = None) -> _Fold:
+    """The fold of the batch ``x``; ``ones`` (``[x - mu, 1]``) if already computed."""
     rows = _rows(x)
     count, d_in = rows.shape
     mean_x = rows.mean(dim=0)
-    ones = rows.new_empty(count, d_in + 1)
-    torch.sub(rows, mean_x, out=ones[:, :d_in])
-    ones[:, d_in] = 1
+    if ones is None:
+        ones = rows.new_empty(count, d_in + 1)
+        torch.sub(rows, mean_x, out=ones[:, :d_in])
+        ones[:, d_in] = 1
     gram = (ones.T @ ones)[:d_in, :d_in].double()
     w = weight.flatten(1).double()
     var = ((w @ gram) * w).sum(dim=1) / count
@@ -99,22 +102,23 @@ def _fold_backward(fold: _Fold, sums: Tensor, dtype: torch.dtype) -> tuple[Tenso
 @torch.library.custom_op("minnets::min_block_branch", mutates_args=(), device_types="cpu")
 def _branch(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float, weight_v: Tensor,
             weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor
-            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     x = x.contiguous(memory_format=_CHANNELS_LAST)
     fold = _fold(x, weight, gamma, beta, bn_eps)
     count = fold.ones.shape[0]
     out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight,
                                           kernels.Expansion(fold.ones, fold.weights, _pixels(x)))
     unbiased = (fold.var * count / max(count - 1, 1)).to(x.dtype)
-    return out, fold.mean, unbiased, stats
+    return out, fold.mean, unbiased, stats, fold.ones
 
 
 @torch.library.custom_op("minnets::min_block_branch_backward", mutates_args=(), device_types="cpu")
-def _branch_backward(grad: Tensor, x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float,
-                     weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int, reduce_weight: Tensor
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _branch_backward(grad: Tensor, x: Tensor, ones: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+                     bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
+                     reduce_weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The branch's gradients; ``ones`` is the forward pass's ``[x - mu, 1]`` (kept, not recomputed)."""
     x = x.contiguous(memory_format=_CHANNELS_LAST)
-    fold = _fold(x, weight, gamma, beta, bn_eps)  # recomputed: cheaper than keeping [x - mu, 1]
+    fold = _fold(x, weight, gamma, beta, bn_eps, ones)
     expansion = kernels.Expansion(fold.ones, fold.weights, _pixels(x))
     _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
         grad, None, weight_v, weight_g, stats, stride, True, expansion, reduce_weight)
@@ -146,11 +150,11 @@ def _fake_out(x: Tensor, weight_v: Tensor, stride: int, reduce_weight: Tensor) -
 def _(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight):
     f = weight.shape[0]
     return (_fake_out(x, weight_v, stride, reduce_weight), x.new_empty(f), x.new_empty(f),
-            x.new_empty(x.shape[0], 4, f))
+            x.new_empty(x.shape[0], 4, f), x.new_empty(x.numel() // x.shape[1], x.shape[1] + 1))
 
 
 @_branch_backward.register_fake
-def _(grad, x, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight):
+def _(grad, x, ones, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight):
     return (torch.empty_like(x, memory_format=_CHANNELS_LAST), *(
         torch.empty_like(t, memory_format=torch.contiguous_format)
         for t in (weight, gamma, beta, weight_v, weight_g, reduce_weight)))
@@ -163,14 +167,14 @@ def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight):
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight = inputs
-    ctx.save_for_backward(x, weight, gamma, beta, weight_v, weight_g, output[3], reduce_weight)
+    ctx.save_for_backward(x, output[4], weight, gamma, beta, weight_v, weight_g, output[3], reduce_weight)
     ctx.bn_eps, ctx.stride = bn_eps, stride
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad: Tensor, *_unused: Tensor) -> tuple:
-    x, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
-    d = _branch_backward(grad, x, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g, stats, ctx.stride,
+    x, ones, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
+    d = _branch_backward(grad, x, ones, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g, stats, ctx.stride,
                          reduce_weight)
     return d[0], d[1], d[2], d[3], None, d[4], d[5], None, None, d[6]
 
@@ -243,7 +247,7 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
     unit, reduce = block.min_unit, block.reduce
     wide = x.contiguous(memory_format=_CHANNELS_LAST)
     if bn.training or bn.running_mean is None:
-        out, mean, var, _ = _branch(wide, conv.weight, bn.weight, bn.bias, bn.eps, unit.filter_v.weight,
+        out, mean, var, _, _ = _branch(wide, conv.weight, bn.weight, bn.bias, bn.eps, unit.filter_v.weight,
                                     unit.filter_g.weight, unit.stride, unit.eps, reduce[0].weight)
         if bn.training:
             _running_update(bn, mean, var)
