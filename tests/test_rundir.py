@@ -93,7 +93,7 @@ def test_lost_final_weights_are_rebuilt_from_the_checkpoint(finished: Path, tmp_
     assert rundir.run_status(run) == "partial"  # not "done": the sweep sends it back to training
     assert main(["evaluate", str(run), "--device", "cpu"]) == 2
     assert f"minnets train --config {run / 'config.json'} --out {run}" in capsys.readouterr().err
-    assert main(train_args(run)) == 0
+    assert main(["train", "--config", str(run / "config.json"), "--out", str(run), "--quiet"]) == 0  # as advised
     rebuilt = load_file(str(run / "model.safetensors"))
     assert rebuilt.keys() == weights.keys() and all(torch.equal(rebuilt[k], weights[k]) for k in weights)
     assert rundir.read_summary(run) == rundir.read_summary(finished)

@@ -121,7 +121,12 @@ def test_run_killed_after_an_epoch_resumes_to_the_same_metrics(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 1 <= len(read_metrics(run)) < 3 and run_status(run) == "partial"
-    subprocess.run([sys.executable, "-m", "minnets", *cli_args(options, run)], check=True, env=subprocess_env())
+    # Resumed by a process with another thread count (as a sweep worker may be): the run keeps its own.
+    other_threads = {**subprocess_env(), "OMP_NUM_THREADS": "2"}
+    resumed = subprocess.run([sys.executable, "-m", "minnets", *cli_args(options, run)], check=True,
+                             env=other_threads, capture_output=True, text=True)
+    assert "warning: resuming with the run's 1 CPU thread(s), not this process's 2" in resumed.stderr
+    assert json.loads((run / "config.json").read_text())["threads"] == 1
 
     ours, theirs = read_metrics(run), read_metrics(reference)
     assert len(ours) == len(theirs) == 3

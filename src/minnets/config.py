@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import re
+import types
 import typing
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -143,16 +144,9 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise MinnetsError(f"{option_flag(name)} must be at least 1, got {value}")
-        for name, low, high, closed_high in (("lr", 0.0, math.inf, False), ("momentum", 0.0, 1.0, False),
-                                             ("weight_decay", 0.0, math.inf, False), ("gamma", 0.0, 1.0, True)):
+        for name, allowed, bound in _REAL_RANGES:
             value = getattr(self, name)
-            if value is None:
-                continue
-            inside = math.isfinite(value) and (value >= low if name in ("momentum", "weight_decay") else value > low)
-            inside = inside and (value <= high if closed_high else value < high)
-            if not inside:
-                bound = {"lr": "a finite number above 0", "momentum": "in [0, 1)",
-                         "weight_decay": "a finite number of at least 0", "gamma": "in (0, 1]"}[name]
+            if value is not None and not (math.isfinite(value) and allowed(value)):
                 raise MinnetsError(f"{option_flag(name)} must be {bound}, got {value}")
         if self.milestones is not None:
             check_milestones(self.milestones, self.epochs)
@@ -252,6 +246,14 @@ class RunConfig:
         return cls.from_dict(read_json(Path(path)), str(path))
 
 
+_REAL_RANGES = (  # (field, test of a finite value, how the error states the range); NaN fails every test
+    ("lr", lambda v: v > 0, "a finite number above 0"),
+    ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("weight_decay", lambda v: v >= 0, "a finite number of at least 0"),
+    ("gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+)
+
+
 def check_milestones(milestones: list[int], epochs: int | None) -> None:
     """Distinct, increasing drops after the first epoch and (if known) before the last."""
     if any(m < 1 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
@@ -276,7 +278,7 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 
 
 def _check_type(name: str, value: Any, hint: Any) -> None:
-    declared = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (hint,)
+    declared = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     bases = tuple(typing.get_origin(t) or t for t in declared)
     accepted = bases + ((int,) if float in bases else ())
     ok = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in bases)
@@ -291,7 +293,7 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
 # --- command line -------------------------------------------------------------------------------
 
 
-def _finite_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
@@ -324,7 +326,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = {int: int, float: _finite_float, str: str, list: _int_list}[kind]
+            kwargs["type"] = {int: int, float: _number, str: str, list: _int_list}[kind]
             choices = _choices(f)
             if choices is not None:
                 kwargs["choices"] = choices

@@ -3,7 +3,8 @@
 ``minnets sweep GRID --out ROOT`` and ``minnets reproduce {resnet,densenet,all}``; see
 :mod:`minnets.sweep.grid` (what runs, run directory names, order), :mod:`minnets.sweep.locks`
 (one job, one holder, across hosts), :mod:`minnets.sweep.pool` (local workers, subprocesses,
-logs) and :mod:`minnets.sweep.slurm` (job arrays through submitit).
+logs), :mod:`minnets.sweep.slurm` (job arrays through submitit) and
+:mod:`minnets.sweep.estimate` (what a dry run says is left, and how long it will take).
 """
 
 from minnets.sweep.grid import NAMED_GRIDS, OVERRIDE_KEYS, Job, load_grid, make_jobs

@@ -190,7 +190,9 @@ class _Trainer:
         current = torch.get_num_threads()
         if stored is not None and config.threads is None and stored.threads != current:
             # Float results depend on the thread count: finish the run with the one it began with.
-            self.log(f"resuming with the run's {stored.threads} CPU thread(s), not this process's {current}")
+            if context.is_main:  # a warning, so also under --quiet
+                print(f"minnets: warning: resuming with the run's {stored.threads} CPU thread(s), not this "
+                      f"process's {current}", file=sys.stderr, flush=True)
             config = replace(config, threads=stored.threads)
         resolved = config.resolved(dataset.num_classes, len(dataset.train_labels), len(dataset.test_labels), current)
         if resolved.batch_size < context.world_size:
