@@ -60,7 +60,7 @@ def _adversarial_cells(rows: Sequence[Row]) -> dict[str, dict[str, Cell]]:
     tables: dict[str, dict[str, Cell]] = {}
     for row in rows:
         checks = str(row.get("checks", ""))
-        problem = "" if checks == "passed" else (checks.removeprefix(f"{UNRELIABLE}: ") or "checks not run")
+        problem = "" if checks.startswith("passed") else (checks.removeprefix(f"{UNRELIABLE}: ") or "checks not run")
         tables.setdefault(f"{row['attack']} {row['norm']}", {})[str(row["eps"])] = Cell(
             float(row["test_err"]), float(row["pocp"]), problem)
     return tables
