@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from minnets.config import RunConfig
+from minnets.data import ImageDataset
 from minnets.errors import MinnetsError
 from minnets.files import atomic_write, read_json, remove_temp_files, write_error, write_json
 
@@ -165,7 +166,7 @@ def load_run_model(run_dir: str | os.PathLike[str], device: str | torch.device =
     return model.to(device, dtype).eval(), config
 
 
-def test_split(dataset: Any, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+def test_split(dataset: ImageDataset, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     """The test images and labels a run is evaluated on: all, or its ``--test-subset`` first ones.
 
     Every evaluation of a run (training's, ``evaluate``, robustness suites) goes through this,
