@@ -34,6 +34,7 @@ worker busy long after the others ran dry.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -117,17 +118,21 @@ def ablation_jobs() -> list[Job]:
     return _rounds(variants, None)
 
 
-NAMED_GRIDS = {"paper-resnet": ("resnet",), "paper-densenet": ("densenet",), "paper": ("resnet", "densenet"),
-               "ablation": ()}
-"""Grid name -> the model families it trains, each with its paper recipe and seeds (the ablation: see above)."""
+def _paper_jobs(*families: str) -> Callable[[], list[Job]]:
+    return lambda: make_jobs([model for family in families for model in paper_models(family)])
+
+
+NAMED_GRIDS: dict[str, Callable[[], list[Job]]] = {
+    "paper-resnet": _paper_jobs("resnet"), "paper-densenet": _paper_jobs("densenet"),
+    "paper": _paper_jobs("resnet", "densenet"), "ablation": ablation_jobs,
+}
+"""Grid name -> its jobs: the paper's models of the families with their recipes and seeds, or the ablation."""
 
 
 def load_grid(spec: str | Path) -> list[Job]:
     """The jobs of a named grid (:data:`NAMED_GRIDS`) or of a JSON grid file, each config validated."""
-    if str(spec) == "ablation":
-        return ablation_jobs()
     if str(spec) in NAMED_GRIDS:
-        return make_jobs([model for family in NAMED_GRIDS[str(spec)] for model in paper_models(family)])
+        return NAMED_GRIDS[str(spec)]()
     path = Path(spec)
     if not path.is_file():
         raise MinnetsError(
