@@ -61,27 +61,31 @@ class _Fold(NamedTuple):
     scale: Tensor  # (f,) 1 / sqrt(var + eps)
     gain: Tensor  # (f,) gamma * scale
     weights: Tensor  # (f, d_in + 1) [gain * w | beta], x's dtype: ReLU(BN(W x)) = ReLU(ones @ weights^T)
-    mean: Tensor  # (f,) batch mean of W x
     var: Tensor  # (f,) biased batch variance of W x, float64
 
 
-def _fold(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, eps: float, ones: Tensor | None = None) -> _Fold:
-    """The fold of the batch ``x``; ``ones`` (``[x - mu, 1]``) if already computed."""
+def _centred_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``[x - mu, 1]`` per pixel of a channels-last batch, and the mean ``mu``."""
     rows = _rows(x)
     count, d_in = rows.shape
     mean_x = rows.mean(dim=0)
-    if ones is None:
-        ones = rows.new_empty(count, d_in + 1)
-        torch.sub(rows, mean_x, out=ones[:, :d_in])
-        ones[:, d_in] = 1
+    ones = rows.new_empty(count, d_in + 1)
+    torch.sub(rows, mean_x, out=ones[:, :d_in])
+    ones[:, d_in] = 1
+    return ones, mean_x
+
+
+def _fold(ones: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> _Fold:
+    """The BatchNorm folded into the conv, from the batch's rows ``[x - mu, 1]``."""
+    count, d_in = ones.shape[0], ones.shape[1] - 1
     gram = (ones.T @ ones)[:d_in, :d_in].double()
     w = weight.flatten(1).double()
     var = ((w @ gram) * w).sum(dim=1) / count
     scale = (var + eps).rsqrt()
     gain = gamma.double() * scale
     # W x - W mu = W (x - mu): with the ones column the bias is part of the product.
-    weights = torch.cat([gain[:, None] * w, beta.double()[:, None]], dim=1).to(x.dtype)
-    return _Fold(ones, w, gram, scale, gain, weights, (w @ mean_x.double()).to(x.dtype), var)
+    weights = torch.cat([gain[:, None] * w, beta.double()[:, None]], dim=1).to(ones.dtype)
+    return _Fold(ones, w, gram, scale, gain, weights, var)
 
 
 def _fold_backward(fold: _Fold, sums: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -104,26 +108,29 @@ def _branch(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: floa
             weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor
             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     x = x.contiguous(memory_format=_CHANNELS_LAST)
-    fold = _fold(x, weight, gamma, beta, bn_eps)
-    count = fold.ones.shape[0]
+    ones, mean_x = _centred_rows(x)
+    fold = _fold(ones, weight, gamma, beta, bn_eps)
+    count = ones.shape[0]
     out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight,
-                                          kernels.Expansion(fold.ones, fold.weights, _pixels(x)))
+                                          kernels.Expansion(ones, fold.weights, _pixels(x)))
+    mean = (fold.w @ mean_x.double()).to(x.dtype)
     unbiased = (fold.var * count / max(count - 1, 1)).to(x.dtype)
-    return out, fold.mean, unbiased, stats, fold.ones
+    return out, mean, unbiased, stats, ones
 
 
 @torch.library.custom_op("minnets::min_block_branch_backward", mutates_args=(), device_types="cpu")
-def _branch_backward(grad: Tensor, x: Tensor, ones: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
-                     bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
-                     reduce_weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The branch's gradients; ``ones`` is the forward pass's ``[x - mu, 1]`` (kept, not recomputed)."""
-    x = x.contiguous(memory_format=_CHANNELS_LAST)
-    fold = _fold(x, weight, gamma, beta, bn_eps, ones)
-    expansion = kernels.Expansion(fold.ones, fold.weights, _pixels(x))
+def _branch_backward(grad: Tensor, ones: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float,
+                     weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int, reduce_weight: Tensor,
+                     n: int, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The branch's gradients from the forward pass's rows ``[x - mu, 1]`` (which replace x, so the
+    block keeps no second copy of its input) of the ``(n, d_in, h, w)`` input."""
+    fold = _fold(ones, weight, gamma, beta, bn_eps)
+    pixels = (n, h, w)
+    expansion = kernels.Expansion(ones, fold.weights, pixels)
     _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
         grad, None, weight_v, weight_g, stats, stride, True, expansion, reduce_weight)
-    d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, x.dtype)
-    d_x = _maps(expansion.grad_rows.addmm_(fold.ones, cross), _pixels(x))
+    d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, ones.dtype)
+    d_x = _maps(expansion.grad_rows.addmm_(ones, cross), pixels)
     # Layouts as the fake implementation promises them: x's gradient channels-last, the rest contiguous.
     return (d_x.contiguous(memory_format=_CHANNELS_LAST),
             *(t.contiguous() for t in (d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce)))
@@ -154,8 +161,9 @@ def _(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_we
 
 
 @_branch_backward.register_fake
-def _(grad, x, ones, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight):
-    return (torch.empty_like(x, memory_format=_CHANNELS_LAST), *(
+def _(grad, ones, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight, n, h, w):
+    d_x = torch.empty(n, ones.shape[1] - 1, h, w, dtype=ones.dtype, device=ones.device, memory_format=_CHANNELS_LAST)
+    return (d_x, *(
         torch.empty_like(t, memory_format=torch.contiguous_format)
         for t in (weight, gamma, beta, weight_v, weight_g, reduce_weight)))
 
@@ -167,15 +175,15 @@ def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight):
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight = inputs
-    ctx.save_for_backward(x, output[4], weight, gamma, beta, weight_v, weight_g, output[3], reduce_weight)
-    ctx.bn_eps, ctx.stride = bn_eps, stride
+    ctx.save_for_backward(output[4], weight, gamma, beta, weight_v, weight_g, output[3], reduce_weight)
+    ctx.bn_eps, ctx.stride, ctx.pixels = bn_eps, stride, _pixels(x)
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad: Tensor, *_unused: Tensor) -> tuple:
-    x, ones, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
-    d = _branch_backward(grad, x, ones, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g, stats, ctx.stride,
-                         reduce_weight)
+    ones, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
+    d = _branch_backward(grad, ones, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g, stats, ctx.stride,
+                         reduce_weight, *ctx.pixels)
     return d[0], d[1], d[2], d[3], None, d[4], d[5], None, None, d[6]
 
 
