@@ -20,7 +20,6 @@ from safetensors.torch import load_file
 
 from minnets import rundir
 from minnets.cli import main
-from minnets.config import RunConfig
 from minnets.data import load_dataset
 from minnets.errors import MinnetsError
 
@@ -208,12 +207,6 @@ def test_evaluation_uses_the_runs_test_subset(finished: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "(100 images, its --test-subset 100)" in out
     assert f"test error {rundir.read_summary(finished)['final_test_err']:.2f}%" in out
-
-
-def test_paths_in_config_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cifar_root: Path) -> None:
-    monkeypatch.chdir(cifar_root)
-    config = RunConfig(model="resnet_n3", data=".", epochs=1).resolved(10, 50_000, 10_000, 1)
-    assert config.data == str(cifar_root.resolve())
 
 
 # --- per-suite results -------------------------------------------------------------------------
