@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from minnets.analysis.geometry import filter_angles
 from minnets.cli import main
+from minnets.models import create_model
 from minnets.reports.build import build_report
 
 TINY = ["--dataset", "shapes10", "--epochs", "1", "--subset", "200", "--test-subset", "100", "--batch-size", "50",
@@ -60,6 +62,10 @@ def test_analyze_writes_every_table_and_figure(analysed: Path) -> None:
         assert entry["gamma_deg"]["median"] == pytest.approx(float(np.median(gamma)))
         assert 0.0 <= entry["silent_fraction"] <= 1.0
         assert len(entry["iso_units"]) == 2
+    torch.manual_seed(0)  # the run's seed: training built its model right after seeding
+    fresh = create_model("min_resnet_n3").stacks[0][0].min_unit
+    initial = filter_angles(fresh.filter_v.weight, fresh.filter_g.weight)
+    assert result["blocks"]["stack1"]["gamma_deg_initial"]["median"] == pytest.approx(float(np.median(initial)))
     assert len(_csv(out / "gamma.csv")) == 32 + 64 + 128
     assert len(_csv(out / "end_stopping.csv")) == 32  # the first block's units
     fits = _csv(out / "iso_response.csv")

@@ -13,6 +13,7 @@ the PNGs are then written from those numbers.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import sys
@@ -38,7 +39,7 @@ from minnets.errors import MinnetsError
 from minnets.files import atomic_write, read_json, write_json
 from minnets.models import create_model
 from minnets.config import RunConfig
-from minnets.rundir import analysis_dir, load_run_model, test_split
+from minnets.rundir import WEIGHTS, analysis_dir, load_run_model, test_split
 
 __all__ = ["ANALYSIS_JSON", "analyze_run", "analysis_settings"]
 
@@ -94,6 +95,8 @@ def analyze_run(run_dir: Path, out: Path | None = None, *, units: int = 8, image
     settings = analysis_settings(units, images, radius, grid, base_image, seed, ascent_steps)
     model, config = load_run_model(run_dir, "cpu")
     model.float()  # a float64 run is analysed in float32: the measurements need no more
+    # Kept steps are reused only for these very weights (a run retrained in place is re-analysed).
+    settings["weights_sha256"] = hashlib.sha256((run_dir / WEIGHTS).read_bytes()).hexdigest()
     out = Path(out) if out is not None else analysis_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(config.dataset, root=data_root if data_root is not None else config.data)
@@ -106,7 +109,8 @@ def analyze_run(run_dir: Path, out: Path | None = None, *, units: int = 8, image
     min_blocks = [b for b in blocks if b.kind == "min"]
     steps = _Steps(out, settings, 3 + len(blocks))
     operator = config.unit
-    _log(f"{run_dir} ({config.model}, unit {operator}): blocks {', '.join(b.name for b in blocks)}")
+    _log(f"{run_dir} ({config.model}, {'unit ' + operator if min_blocks else 'baseline'}): "
+         f"blocks {', '.join(b.name for b in blocks)}")
 
     angles = steps.run("filters", "filter-pair angles", lambda: _angles(min_blocks, _initial_model(config)))
     test = normalise(test_images[:images])
@@ -131,8 +135,9 @@ def analyze_run(run_dir: Path, out: Path | None = None, *, units: int = 8, image
 
 def _initial_model(config: RunConfig) -> nn.Module:
     """The run's model as training created it: same seed, same constructor arguments."""
-    torch.manual_seed(config.seed)
-    return create_model(config.model, num_classes=config.num_classes, **config.model_kwargs())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return create_model(config.model, num_classes=config.num_classes, **config.model_kwargs())
 
 
 def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[..., torch.Tensor]:
@@ -217,7 +222,8 @@ def _unit_summary(fits: list[dict[str, Any]], key: str, plane: str) -> np.ndarra
 def _write(out: Path, run_dir: Path, config: RunConfig, operator: str, settings: dict[str, Any],
            blocks: list[AnalysedBlock], angles: dict[str, Any], activity: dict[str, Any], stopping: dict[str, Any],
            iso: dict[str, Any], stimuli: torch.Tensor, probe: UnitProbe) -> Path:
-    title = f"{config.model} (unit {operator}, seed {config.seed}, {config.dataset})"
+    variant = f"unit {operator}" if any(block.kind == "min" for block in blocks) else "baseline"
+    title = f"{config.model} ({variant}, seed {config.seed}, {config.dataset})"
     summary: dict[str, Any] = {}
     for block in blocks:
         entry: dict[str, Any] = {"kind": block.kind, "channels": block.channels}
