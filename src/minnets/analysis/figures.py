@@ -140,7 +140,7 @@ def curvature_distributions(curvature: dict[str, dict[str, np.ndarray]], title: 
 
 def end_stopping(stimuli: Any, maps: np.ndarray, es: np.ndarray, title: str, path: Path) -> bool:
     """The square stimulus, the maps of the most and least end-stopped units, and the ES histogram."""
-    fig = Figure(figsize=(12.0, 3.2), layout="constrained")
+    fig = Figure(figsize=(13.0, 3.3), layout="constrained")
     axes = fig.subplots(1, 4)
     grey = np.asarray(stimuli[0]).mean(axis=0)
     axes[0].imshow(grey, cmap="gray")
@@ -161,8 +161,8 @@ def end_stopping(stimuli: Any, maps: np.ndarray, es: np.ndarray, title: str, pat
     axes[3].hist(es[finite], bins=np.linspace(-1, 1, 21), color="tab:green")
     axes[3].set_xlabel("degree of end-stopping ES")
     axes[3].set_ylabel("units")
-    axes[3].set_title(f"ES = (R_corner - R_edge) / (R_corner + R_edge)\n{len(finite)} of {len(es)} units respond "
-                      "to the squares", fontsize=8)
+    axes[3].set_title(f"ES = (Rc - Re) / (Rc + Re), Rc: corners, Re: edges\n{len(finite)} of {len(es)} units "
+                      "respond to the squares", fontsize=8)
     fig.suptitle(f"End-stopping: {title}", fontsize=9)
     return _save(fig, path)
 
