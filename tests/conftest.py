@@ -1,8 +1,13 @@
-"""Shared fixtures: the real CIFAR-10 ($MINNETS_DATA, else ../shared/data), and a small thread count."""
+"""Shared fixtures: the real CIFAR-10 ($MINNETS_DATA, else ../shared/data), a small thread count, and an
+HTTP server on 127.0.0.1 for the download tests."""
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -29,3 +34,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTP server on 127.0.0.1 serving ``tmp_path/www``: (base URL ending in /, directory)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/", www
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import tarfile
-import threading
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -96,27 +92,6 @@ def test_released_reader_refuses_bad_files_in_one_line(tmp_path, cifar):
     save(folder / "labels.npy", np.zeros(7, dtype=np.uint8))
     with pytest.raises(MinnetsError, match="labels.npy should hold integer labels for 5 severity blocks"):
         cifar10c.Released(folder)
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An HTTP server on 127.0.0.1 serving ``tmp_path/www``: (base URL ending in /, directory)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(www)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", www
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
 
 
 def test_download_released_fetches_checks_and_unpacks(server, tmp_path, cifar):

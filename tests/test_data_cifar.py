@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import tarfile
-import threading
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -327,27 +323,6 @@ def test_archive_escaping_the_data_directory_is_refused(tmp_path: Path) -> None:
 # --- download from a local server ------------------------------------------------------------------
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An HTTP server on 127.0.0.1 serving ``tmp_path/www``: (base URL, directory)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(www)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", www
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
-
-
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -358,7 +333,7 @@ def test_download(server: tuple[str, Path], tmp_path: Path, name: str) -> None:
     spec = SPECS[name]
     archive = write_archive(www, spec, seed=5)
     root = tmp_path / "new" / "dir"
-    d = load_dataset(name, root, download=True, url=f"{base}/{spec.archive}", md5=md5_of(archive))
+    d = load_dataset(name, root, download=True, url=f"{base}{spec.archive}", md5=md5_of(archive))
     np.testing.assert_array_equal(d.train_images, expected_images(www / "scratch" / spec.folder, spec.train_files))
     assert sorted(p.name for p in root.iterdir()) == sorted([spec.archive, spec.folder])
     assert md5_of(root / spec.archive) == md5_of(archive)
@@ -367,7 +342,7 @@ def test_download(server: tuple[str, Path], tmp_path: Path, name: str) -> None:
 def test_download_into_the_cache_without_a_root(server: tuple[str, Path], tmp_path: Path) -> None:
     base, www = server
     archive = write_archive(www, CIFAR10)
-    load_dataset("cifar10", download=True, url=f"{base}/{CIFAR10.archive}", md5=md5_of(archive))
+    load_dataset("cifar10", download=True, url=f"{base}{CIFAR10.archive}", md5=md5_of(archive))
     assert (tmp_path / "cache" / "minnets" / CIFAR10.folder / "batches.meta").is_file()
 
 
@@ -376,7 +351,7 @@ def test_download_with_wrong_md5(server: tuple[str, Path], tmp_path: Path) -> No
     archive = write_archive(www, CIFAR10)
     root = tmp_path / "dl"
     with pytest.raises(MinnetsError) as info:
-        load_dataset("cifar10", root, download=True, url=f"{base}/{CIFAR10.archive}")
+        load_dataset("cifar10", root, download=True, url=f"{base}{CIFAR10.archive}")
     assert_one_line(info, f"has md5 {md5_of(archive)}, expected {CIFAR10.md5}", "removed")
     assert list(root.iterdir()) == []
 
@@ -385,8 +360,8 @@ def test_download_failure(server: tuple[str, Path], tmp_path: Path) -> None:
     base, _ = server
     root = tmp_path / "dl"
     with pytest.raises(MinnetsError) as info:
-        load_dataset("cifar10", root, download=True, url=f"{base}/missing.tar.gz")
-    assert_one_line(info, f"could not download {base}/missing.tar.gz", "HTTP Error 404")
+        load_dataset("cifar10", root, download=True, url=f"{base}missing.tar.gz")
+    assert_one_line(info, f"could not download {base}missing.tar.gz", "HTTP Error 404")
     assert list(root.iterdir()) == []
 
 

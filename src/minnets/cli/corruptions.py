@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from minnets.cli.options import positive_int
 from minnets.errors import MinnetsError
 
 
@@ -68,16 +69,6 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "corruptions", help="CIFAR-10-C: list the corruptions, make the regenerated set, download the released one",
@@ -101,13 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--corruptions", default="all", metavar="NAME,...",
                       help="names, benchmark (the 15), extra (the 4) or all (default: %(default)s)")
     make.add_argument("--severities", metavar="S,...", help="severities to make (default: 1,2,3,4,5)")
-    make.add_argument("--n", type=_positive, metavar="N", help="only the first N test images (default: all)")
+    make.add_argument("--n", type=positive_int, metavar="N", help="only the first N test images (default: all)")
     make.add_argument("--seed", type=int, default=0, help="base seed of every image's generator (default: 0)")
     make.add_argument("--frost", metavar="DIR", help="folder of the six frost pictures "
                       "(default: $MINNETS_CACHE/corruptions/frost)")
     make.add_argument("--download", action="store_true",
                       help="fetch what is missing: the frost pictures (sha256-checked) and CIFAR-10")
-    make.add_argument("--workers", type=_positive, default=1, help="worker processes (default: %(default)s)")
+    make.add_argument("--workers", type=positive_int, default=1, help="worker processes (default: %(default)s)")
     make.set_defaults(handler=_make)
 
     download = commands.add_parser("download", help="fetch the released CIFAR-10-C (2.9 GB, md5-checked)")

@@ -7,18 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from minnets.errors import MinnetsError
 from minnets.jpeg import MODES, default_cache_root
 from minnets.robustness import JPEG_CSV, QUALITIES, format_jpeg_table, run_jpeg
-
-
-def parse_qualities(text: str) -> list[int]:
-    """``"90,80,70"`` -> [90, 80, 70]; a bad list is a one-line error (the range is checked later)."""
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise MinnetsError(f"invalid --qualities {text!r}: give comma-separated integers from 1 to 100, "
-                           f"e.g. {','.join(map(str, QUALITIES))}") from None
+from minnets.robustness.jpeg import parse_qualities
 
 
 def _report_progress(row: dict[str, Any]) -> None:

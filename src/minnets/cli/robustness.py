@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from minnets.cli.options import positive_int
 from minnets.errors import MinnetsError
 from minnets.robustness.evaluate import progress_printer, run_suite, suite_csv
 from minnets.robustness.suite import SUITES, Row, Suite, suite_class
@@ -32,16 +33,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "robustness", help="test error and POCP of a finished run under a perturbation suite",
@@ -54,9 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--suite", required=True, choices=tuple(SUITES), help="which perturbation suite")
     parser.add_argument("--data", metavar="DIR", help="data folder (CIFAR-10, and CIFAR-10-C for corruptions); "
                         "default: the run's own setting, else $MINNETS_DATA")
-    parser.add_argument("--n", type=_positive, metavar="N", help="only the first N test images (quick checks)")
+    parser.add_argument("--n", type=positive_int, metavar="N", help="only the first N test images (quick checks)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
-    parser.add_argument("--batch-size", type=_positive, default=500, help="images per batch (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=500, help="images per batch (default: %(default)s)")
     for name in SUITES:
         try:
             cls = suite_class(name)
