@@ -1,12 +1,12 @@
 r"""A Min-block's residual branch up to its last BatchNorm as one native CPU operator.
 
 ``minnets::min_block_branch(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps,
-reduce_weight) -> (out, mean, var, stats, rows)`` is ``conv1x1(reduce_weight, MinUnit(ReLU(BN(W x))))``
+reduce_weight) -> (out, mean, var, stats, rows, gram)`` is ``conv1x1(reduce_weight, MinUnit(ReLU(BN(W x))))``
 with BatchNorm in training mode (batch statistics): the expansion, the Min-unit for the
 minimum, and the reduction's 1x1 conv. It returns the batch mean and unbiased variance of ``W x``,
 from which the caller (:func:`fused_min_block`) updates the running statistics as
-``nn.BatchNorm2d`` would, and for its backward pass the per-sample statistics and the rows
-``[x - mu, 1]``.
+``nn.BatchNorm2d`` would, and for its backward pass the per-sample statistics, the rows
+``[x - mu, 1]`` and their gram matrix.
 
 Why one operator: the statistics of ``W x`` follow from those of the (narrower) input, mean
 ``W mu`` and variance ``diag(W Sigma W^T)`` with ``Sigma`` its ``d_in x d_in`` covariance, so the
@@ -75,10 +75,13 @@ def _centred_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return ones, mean_x
 
 
-def _fold(ones: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> _Fold:
-    """The BatchNorm folded into the conv, from the batch's rows ``[x - mu, 1]``."""
+def _fold(ones: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, eps: float, gram: Tensor | None = None
+          ) -> _Fold:
+    """The BatchNorm folded into the conv, from the batch's rows ``[x - mu, 1]`` (and their
+    ``gram`` matrix, when the forward pass computed it already)."""
     count, d_in = ones.shape[0], ones.shape[1] - 1
-    gram = (ones.T @ ones)[:d_in, :d_in].double()
+    if gram is None:
+        gram = (ones.T @ ones)[:d_in, :d_in].double()
     w = weight.flatten(1).double()
     var = ((w @ gram) * w).sum(dim=1) / count
     scale = (var + eps).rsqrt()
@@ -106,7 +109,7 @@ def _fold_backward(fold: _Fold, sums: Tensor, dtype: torch.dtype) -> tuple[Tenso
 @torch.library.custom_op("minnets::min_block_branch", mutates_args=(), device_types="cpu")
 def _branch(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float, weight_v: Tensor,
             weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor
-            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     x = x.contiguous(memory_format=_CHANNELS_LAST)
     ones, mean_x = _centred_rows(x)
     fold = _fold(ones, weight, gamma, beta, bn_eps)
@@ -115,16 +118,17 @@ def _branch(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: floa
                                           kernels.Expansion(ones, fold.weights, _pixels(x)))
     mean = (fold.w @ mean_x.double()).to(x.dtype)
     unbiased = (fold.var * count / max(count - 1, 1)).to(x.dtype)
-    return out, mean, unbiased, stats, ones
+    return out, mean, unbiased, stats, ones, fold.gram
 
 
 @torch.library.custom_op("minnets::min_block_branch_backward", mutates_args=(), device_types="cpu")
-def _branch_backward(grad: Tensor, ones: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float,
-                     weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int, reduce_weight: Tensor,
-                     n: int, h: int, w: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The branch's gradients from the forward pass's rows ``[x - mu, 1]`` (which replace x, so the
-    block keeps no second copy of its input) of the ``(n, d_in, h, w)`` input."""
-    fold = _fold(ones, weight, gamma, beta, bn_eps)
+def _branch_backward(grad: Tensor, ones: Tensor, gram: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+                     bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
+                     reduce_weight: Tensor, n: int, h: int, w: int
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The branch's gradients from the forward pass's rows ``[x - mu, 1]`` and their gram matrix
+    (which replace x, so the block keeps no second copy of its input) of the ``(n, d_in, h, w)`` input."""
+    fold = _fold(ones, weight, gamma, beta, bn_eps, gram)
     pixels = (n, h, w)
     expansion = kernels.Expansion(ones, fold.weights, pixels)
     _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
@@ -157,11 +161,12 @@ def _fake_out(x: Tensor, weight_v: Tensor, stride: int, reduce_weight: Tensor) -
 def _(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight):
     f = weight.shape[0]
     return (_fake_out(x, weight_v, stride, reduce_weight), x.new_empty(f), x.new_empty(f),
-            x.new_empty(x.shape[0], 4, f), x.new_empty(x.numel() // x.shape[1], x.shape[1] + 1))
+            x.new_empty(x.shape[0], 4, f), x.new_empty(x.numel() // x.shape[1], x.shape[1] + 1),
+            x.new_empty(x.shape[1], x.shape[1], dtype=torch.float64))
 
 
 @_branch_backward.register_fake
-def _(grad, ones, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight, n, h, w):
+def _(grad, ones, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight, n, h, w):
     d_x = torch.empty(n, ones.shape[1] - 1, h, w, dtype=ones.dtype, device=ones.device, memory_format=_CHANNELS_LAST)
     return (d_x, *(
         torch.empty_like(t, memory_format=torch.contiguous_format)
@@ -175,14 +180,17 @@ def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight):
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight = inputs
-    ctx.save_for_backward(output[4], weight, gamma, beta, weight_v, weight_g, output[3], reduce_weight)
+    ctx.save_for_backward(output[4], output[5], weight, gamma, beta, weight_v, weight_g, output[3], reduce_weight)
     ctx.bn_eps, ctx.stride, ctx.pixels = bn_eps, stride, _pixels(x)
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the outputs kept for backward
 
 
 def _backward(ctx, grad: Tensor, *_unused: Tensor) -> tuple:
-    ones, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
-    d = _branch_backward(grad, ones, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g, stats, ctx.stride,
+    if grad is None:  # the output itself was not used
+        return (None,) * 10
+    ones, gram, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
+    d = _branch_backward(grad, ones, gram, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g, stats, ctx.stride,
                          reduce_weight, *ctx.pixels)
     return d[0], d[1], d[2], d[3], None, d[4], d[5], None, None, d[6]
 
@@ -255,7 +263,7 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
     unit, reduce = block.min_unit, block.reduce
     wide = x.contiguous(memory_format=_CHANNELS_LAST)
     if bn.training or bn.running_mean is None:
-        out, mean, var, _, _ = _branch(wide, conv.weight, bn.weight, bn.bias, bn.eps, unit.filter_v.weight,
+        out, mean, var, *_ = _branch(wide, conv.weight, bn.weight, bn.bias, bn.eps, unit.filter_v.weight,
                                     unit.filter_g.weight, unit.stride, unit.eps, reduce[0].weight)
         if bn.training:
             _running_update(bn, mean, var)

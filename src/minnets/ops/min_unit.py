@@ -204,9 +204,13 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     x, weight_v, weight_g, stride, padding, eps = inputs
     ctx.save_for_backward(x, weight_v, weight_g, output[1])
     ctx.geometry = stride, padding, eps
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the statistics
 
 
 def _backward(ctx, grad: Tensor, _grad_stats: Tensor | None) -> tuple:
+    if grad is None:  # the output itself was not used
+        return None, None, None, None, None, None
     x, weight_v, weight_g, stats = ctx.saved_tensors
     grads = min_unit_backward(grad, x, weight_v, weight_g, stats, *ctx.geometry)
     return (*grads, None, None, None)
