@@ -19,7 +19,13 @@ from typing import Any
 
 from minnets.errors import MinnetsError
 
-__all__ = ["atomic_write", "write_json", "read_json", "remove_temp_files", "write_error"]
+__all__ = ["atomic_write", "write_json", "read_json", "remove_temp_files", "write_error", "cache_folder"]
+
+def cache_folder(name: str = "") -> Path:
+    """``$MINNETS_CACHE/<name>`` (default ``~/.cache/minnets/<name>``): the one folder above every cache."""
+    base = os.environ.get("MINNETS_CACHE")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "minnets") / name
+
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)

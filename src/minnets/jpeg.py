@@ -30,7 +30,7 @@ import PIL.features
 from PIL import Image
 
 from minnets.errors import MinnetsError
-from minnets.files import atomic_write
+from minnets.files import atomic_write, cache_folder
 
 MODES = ("paper", "correct", "pillow")
 
@@ -137,8 +137,7 @@ def compress(images: np.ndarray, quality: int, mode: str = "paper", workers: int
 
 def default_cache_root() -> Path:
     """``$MINNETS_CACHE/jpeg`` or ``~/.cache/minnets/jpeg``."""
-    base = os.environ.get("MINNETS_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "minnets") / "jpeg"
+    return cache_folder("jpeg")
 
 
 def _fingerprint(images: np.ndarray) -> str:
@@ -189,7 +188,7 @@ class JpegCache:
         try:
             atomic_write(path, lambda tmp: tmp.write_bytes(payload))
             atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
-        except OSError as error:  # a cache that cannot be written must not cost the evaluation
+        except (OSError, MinnetsError) as error:  # a cache that cannot be written must not cost the evaluation
             print(f"minnets: warning: cannot store JPEG cache entry {path} ({error}); continuing without it; "
                   "choose a writable folder with --cache-dir or $MINNETS_CACHE", file=sys.stderr)
         return compressed

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from minnets.errors import MinnetsError
+from minnets.files import cache_folder
 
 KNOWN = {
     "jpeg": "JPEG-compressed test sets (minnets jpeg)",
@@ -24,8 +25,7 @@ KNOWN = {
 
 def cache_root() -> Path:
     """``$MINNETS_CACHE`` or ``~/.cache/minnets``: the folder above every cache."""
-    base = os.environ.get("MINNETS_CACHE")
-    return Path(base).expanduser() if base else Path.home() / ".cache" / "minnets"
+    return cache_folder()
 
 
 def folder_size(path: Path) -> tuple[int, int]:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from minnets.files import cache_folder
+
 __all__ = ["available", "enabled", "usable", "use_native", "min_unit_forward", "min_unit_backward", "Expansion", "build"]
 
 SOURCE = Path(__file__).with_name("min_unit.c")
@@ -53,8 +55,7 @@ _lock = threading.Lock()
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("MINNETS_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "minnets") / "kernels"
+    return cache_folder("kernels")
 
 
 def _cpu_identity() -> str:

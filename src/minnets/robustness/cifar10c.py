@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from minnets.data.cifar import default_data_root, download_file, extract_folder, resolve_root
 from minnets.errors import MinnetsError
-from minnets.files import atomic_write, read_json, write_json
+from minnets.files import atomic_write, cache_folder, read_json, write_json
 from minnets.robustness import corruptions as C
 
 FOLDER = "CIFAR-10-C"
@@ -45,8 +45,7 @@ CHUNK = 500  # images per task when several worker processes share the work
 
 def cache_base() -> Path:
     """``$MINNETS_CACHE/corruptions`` or ``~/.cache/minnets/corruptions``."""
-    base = os.environ.get("MINNETS_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "minnets") / "corruptions"
+    return cache_folder("corruptions")
 
 
 def default_regenerated_dir(dataset: str = "cifar10") -> Path:
