@@ -14,9 +14,8 @@ and under bf16 autocast, in up to four modes:
 - ``triton``: eager, the Min-unit running the Triton kernels (``minnets.ops.triton_kernels``);
 - ``triton+compile``: both.
 
-The modes with and without the Triton kernel need the operator's switch,
-``minnets.ops.min_unit.use_triton(enabled)``; without one, the Min-units take the library's
-default path (the Triton kernel where Triton is installed) and only ``eager`` and ``compile`` run.
+The modes with and without the Triton kernel use the operator's switch,
+``minnets.ops.use_triton(enabled)``; without Triton installed only ``eager`` and ``compile`` run.
 
 Every measurement is :func:`minnets.benchmark.benchmark` on the pair (baseline first), so the
 two models take turns over interleaved rounds and the Min-Net's speed relative to its baseline
@@ -37,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import sys
 import time
 from collections.abc import Iterator
@@ -48,8 +48,11 @@ import torch
 
 from minnets.benchmark import benchmark, tune_cpu_allocator
 from minnets.models import model_info
+from minnets.ops import use_triton
 from minnets.sweep.grid import load_grid
 from minnets.training.recipes import default_recipe_name, get_recipe
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 PAIRS = [("resnet_n3", "min_resnet_n3"), ("resnet_n5", "min_resnet_n5"), ("resnet_n7", "min_resnet_n7"),
          ("resnet_n9", "min_resnet_n9"), ("densenet_l22", "min_densenet_l22"),
@@ -76,30 +79,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.quick:  # a dry run of every code path on tiny batches: seconds, not minutes
         return Settings(args.device, steps=1, rounds=2, warmup=1, budget_s=args.budget_s,
                         batch={"resnet": 4, "densenet": 4}, pairs=PAIRS[:1], modes=("eager",))
-    # Triton's kernels are for CUDA; without a switch, every mode runs the library's default path
-    # (the Triton kernel where Triton is installed) and the triton modes would repeat the others.
-    modes = MODES if args.device == "cuda" and _triton_switch() is not None else ("eager", "compile")
+    # Triton's kernels are for CUDA; without Triton the triton modes would repeat the others.
+    modes = MODES if args.device == "cuda" and _HAS_TRITON else ("eager", "compile")
     return Settings(args.device, steps=args.steps, rounds=args.rounds, warmup=2, budget_s=args.budget_s,
                     batch={family: get_recipe(default_recipe_name(family)).batch_size
                            for family in ("resnet", "densenet")},
                     pairs=PAIRS, modes=modes)
 
 
-def _triton_switch() -> Any:
-    """The Min-unit operator's switch for its Triton kernels, ``use_triton(enabled)``, or None."""
-    from minnets.ops import min_unit
-
-    return getattr(min_unit, "use_triton", None)
-
-
 @contextlib.contextmanager
 def _mode(mode: str) -> Iterator[None]:
     """Turn the Triton kernels on for the ``triton`` modes and off for the others."""
-    switch = _triton_switch()
-    if switch is None:
-        yield
-        return
-    with switch("triton" in mode):
+    with use_triton("triton" in mode):
         yield
 
 
@@ -237,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         tune_cpu_allocator()
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    triton_state = ("switched per mode" if _triton_switch() is not None
-                    else "not switchable: Min-units take the default path in every mode")
+    triton_state = "switched per mode" if _HAS_TRITON else "not installed (pip install 'minnets[gpu]')"
     _say(f"{name}, torch {torch.__version__}; Triton kernels {triton_state}; budget {settings.budget_s:.0f} s, "
          f"{settings.steps} steps x {settings.rounds} rounds per step")
     results = run_steps(settings)

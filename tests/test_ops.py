@@ -8,6 +8,7 @@ statistics; strides 1 and 2, odd widths, batch 1).
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -187,3 +188,17 @@ def test_every_cpu_path_of_the_operator_matches_the_composite_reference(path, st
     for name, a, e in zip(["output", "x.grad", "v.grad", "g.grad"], actual, reference_gradients(x, v, g, stride,
                                                                                                  upstream)):
         torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-5 * float(e.abs().max()), msg=name)
+
+
+def test_use_triton_turns_the_cuda_kernels_off_inside_its_block_only():
+    """The switch gpu_check.py uses to time the composite path against the Triton kernels."""
+    unit_ops = importlib.import_module("minnets.ops.min_unit")  # the module (ops.min_unit is the operator)
+
+    installed = unit_ops._HAS_TRITON
+    assert unit_ops._triton_usable() == installed
+    with ops.use_triton(False):
+        assert not unit_ops._triton_usable()
+        with ops.use_triton(True):
+            assert unit_ops._triton_usable() == installed
+        assert not unit_ops._triton_usable()
+    assert unit_ops._triton_usable() == installed

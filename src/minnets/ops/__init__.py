@@ -9,10 +9,10 @@
 """
 
 from minnets.ops.min_block import fused_min_block
-from minnets.ops.min_unit import and_unit, composite_unit, has_fast_kernel, instance_norm, min_unit
+from minnets.ops.min_unit import and_unit, composite_unit, has_fast_kernel, instance_norm, min_unit, use_triton
 from minnets.ops.operators import AndOperator, get_operator, operator_names, register_operator
 
 __all__ = [
     "AndOperator", "and_unit", "composite_unit", "fused_min_block", "get_operator", "has_fast_kernel",
-    "instance_norm", "min_unit", "operator_names", "register_operator",
+    "instance_norm", "min_unit", "operator_names", "register_operator", "use_triton",
 ]

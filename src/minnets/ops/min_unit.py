@@ -25,7 +25,9 @@ channels-last map, what ``F.instance_norm`` prevents) and which takes any AND op
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +36,8 @@ from torch import Tensor
 from minnets import kernels
 from minnets.ops.operators import AndOperator, get_operator
 
-__all__ = ["and_unit", "composite_unit", "has_fast_kernel", "instance_norm", "min_unit", "min_unit_backward"]
+__all__ = ["and_unit", "composite_unit", "has_fast_kernel", "instance_norm", "min_unit", "min_unit_backward",
+           "use_triton"]
 
 _MIN = get_operator("min")
 _CHANNELS_LAST = torch.channels_last
@@ -107,10 +110,24 @@ def _native(x: Tensor, weight_v: Tensor, padding: int) -> bool:
 
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+_triton_enabled = True
 
 
 def _triton_usable() -> bool:
-    return _HAS_TRITON
+    return _HAS_TRITON and _triton_enabled
+
+
+@contextlib.contextmanager
+def use_triton(enabled: bool) -> Iterator[None]:
+    """Turn the Triton kernels off (or back on) inside a ``with`` block, like
+    :func:`minnets.kernels.use_native`: CUDA Min-units then take the composite path (what
+    ``scripts/gpu_check.py`` compares the kernels against)."""
+    global _triton_enabled
+    before, _triton_enabled = _triton_enabled, enabled
+    try:
+        yield
+    finally:
+        _triton_enabled = before
 
 
 _TRITON = None
