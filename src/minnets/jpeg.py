@@ -1,4 +1,4 @@
-"""JPEG round trips of uint8 test images (SPEC section 8) and an on-disk cache of the results.
+"""JPEG round trips of uint8 test images (paper Section 3.2, Appendix A.3) and an on-disk cache of the results.
 
 Three codec modes, because the published numbers depend on a detail the paper does not state:
 

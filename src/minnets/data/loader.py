@@ -22,7 +22,7 @@ import torch
 from minnets.errors import MinnetsError
 
 PAD = 4
-"""Zero padding on each side before the random crop (SPEC section 6)."""
+"""Zero padding on each side before the random crop (the paper's CIFAR augmentation)."""
 
 
 class EpochPlan(NamedTuple):

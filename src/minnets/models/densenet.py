@@ -1,4 +1,4 @@
-"""DenseNet-BC for CIFAR and its Min-Net (SPEC section 3).
+"""DenseNet-BC for CIFAR and its Min-Net (paper Section 3, Appendix A.1).
 
 Three dense blocks of ``n = (L - 4) / 6`` bottleneck layers, each adding ``k`` maps; transitions
 halve the width and the resolution. The Min-Net replaces the first layer of every dense block
@@ -23,7 +23,7 @@ from minnets.models.registry import ModelInfo, register_model
 
 __all__ = ["DenseLayer", "DenseMinLayer", "DenseBlock", "DenseNetBC", "densenet_bc"]
 
-PAPER_PARAMS = {  # SPEC section 4, k = 12: (baseline, Min-Net)
+PAPER_PARAMS = {  # published trainable parameters, k = 12: (baseline, Min-Net)
     22: (71_686, 57_040),
     58: (314_470, 298_564),
     100: (769_162, 751_786),

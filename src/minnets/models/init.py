@@ -1,4 +1,4 @@
-"""Weight initialisation (SPEC section 5): as the published runs, or the same for every model.
+"""Weight initialisation: as the published runs, or the same for every model.
 
 The published runs initialised baselines and Min-Nets differently (the ResNet Min-Net kept
 PyTorch defaults everywhere), a confound in the paper's comparison. ``init="published"``

@@ -21,7 +21,7 @@ class ModelInfo(TypedDict):
     family: str  # "resnet" or "densenet"
     depth: int  # N (blocks per stack) for ResNets, L (layers) for DenseNets
     min_net: bool
-    paper_params: int  # trainable parameters with 10 classes, SPEC section 4
+    paper_params: int  # trainable parameters with 10 classes, as published
 
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -82,5 +82,5 @@ def model_info(name: str) -> ModelInfo:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Trainable parameters, the number SPEC section 4 and the paper's tables give."""
+    """Trainable parameters, the number the paper's tables give."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,4 @@
-"""The CIFAR ResNet with pyramid basic blocks, and its Min-Net (SPEC section 2).
+"""The CIFAR ResNet with pyramid basic blocks, and its Min-Net (paper Section 3, Appendix A.1).
 
 Three stacks of N blocks at widths 16, 32, 64 (depth 6N + 2); block 0 of stacks 2 and 3
 halves the resolution. The Min-Net is the same network after the design rule.
@@ -19,7 +19,7 @@ from minnets.models.registry import ModelInfo, register_model
 __all__ = ["PyramidBasicBlock", "CifarResNet", "cifar_resnet"]
 
 WIDTHS = (16, 32, 64)
-PAPER_PARAMS = {  # SPEC section 4: (baseline, Min-Net)
+PAPER_PARAMS = {  # published trainable parameters: (baseline, Min-Net)
     3: (270_298, 217_082),
     5: (465_178, 411_962),
     7: (660_058, 606_842),
