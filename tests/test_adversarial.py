@@ -21,6 +21,7 @@ from minnets.robustness.adversarial import (
     parse_eps,
     parse_eps_list,
     pgd,
+    run_attack,
 )
 from minnets.robustness.evaluate import ImageModel, evaluate_suite, predict
 from minnets.robustness.suite import Clean
@@ -154,6 +155,18 @@ def test_apgd_agrees_with_pyautoattack_apgd_ce(clean: Clean, norm: str, eps: flo
     clean_error = robust_error(model, x, y)
     assert theirs > clean_error + 10  # the comparison is at an eps where the attack matters
     assert abs(ours - theirs) <= 100 * 3 / N_TEST, (ours, theirs)  # within three of the 48 images
+
+
+@pytest.mark.skipif(not HAS_PYAUTOATTACK, reason="pyautoattack (the robust extra) is not installed")
+def test_standard_autoattack_runs_through_run_attack(clean: Clean) -> None:
+    """The ``autoattack`` entry end to end on a few images: adversarial images in the eps-ball, at a
+    large eps every image fooled (pyautoattack returns images and labels; a tuple once slipped through)."""
+    few = Clean(clean.model, clean.images[:4], clean.labels[:4], clean.mean, clean.std, "cifar10")
+    eps = 16 / 255
+    x_adv = run_attack("autoattack", few, eps, "Linf", seed=0)
+    x, y = images01(few)
+    assert x_adv.shape == x.shape and float((x_adv - x).abs().max()) <= eps + 1e-6
+    assert robust_error(few.model01(), x_adv, y) == 100.0
 
 
 # --- sanity checks -----------------------------------------------------------------------------------

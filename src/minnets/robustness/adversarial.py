@@ -262,7 +262,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     adversary = _pyautoattack().AutoAttack(model, norm=norm, eps=eps, version="standard", seed=seed,
                                            device=x.device)
     adversary.verbose = False
-    return adversary.run_standard_evaluation(x, y, batch_size=len(x))
+    adversarial, _labels = adversary.run_standard_evaluation(x, y, batch_size=len(x))  # (images, predictions)
+    return adversarial
 
 
 ATTACK_FUNCTIONS: dict[str, Attack] = {"apgd": apgd, "pgd": pgd, "fgsm": fgsm, "square": square,
