@@ -17,17 +17,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from minnets.layers import MinBlock
+from minnets.metadata import paper_grid, paper_params
 from minnets.models.design_rule import replace_first_blocks
 from minnets.models.init import initialize
 from minnets.models.registry import ModelInfo, register_model
 
 __all__ = ["DenseLayer", "DenseMinLayer", "DenseBlock", "DenseNetBC", "densenet_bc"]
 
-PAPER_PARAMS = {  # published trainable parameters, k = 12: (baseline, Min-Net)
-    22: (71_686, 57_040),
-    58: (314_470, 298_564),
-    100: (769_162, 751_786),
-}
 
 
 class DenseLayer(nn.Module):
@@ -173,9 +169,9 @@ def densenet_bc(
 
 def _register() -> None:
     for min_net in (False, True):
-        for depth, params in PAPER_PARAMS.items():
+        for depth in paper_grid("densenet")["depths"]:
             name = f"{'min_' if min_net else ''}densenet_l{depth}"
-            info = ModelInfo(name=name, family="densenet", depth=depth, min_net=min_net, paper_params=params[min_net])
+            info = ModelInfo(name=name, family="densenet", depth=depth, min_net=min_net, paper_params=paper_params(name))
             register_model(info, partial(densenet_bc, depth, min_net=min_net))
 
 

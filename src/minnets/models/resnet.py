@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from minnets.layers import MinBlock, Shortcut
+from minnets.metadata import paper_grid, paper_params
 from minnets.models.design_rule import replace_first_blocks
 from minnets.models.init import initialize
 from minnets.models.registry import ModelInfo, register_model
@@ -19,12 +20,6 @@ from minnets.models.registry import ModelInfo, register_model
 __all__ = ["PyramidBasicBlock", "CifarResNet", "cifar_resnet"]
 
 WIDTHS = (16, 32, 64)
-PAPER_PARAMS = {  # published trainable parameters: (baseline, Min-Net)
-    3: (270_298, 217_082),
-    5: (465_178, 411_962),
-    7: (660_058, 606_842),
-    9: (854_938, 801_722),
-}
 
 
 def conv3x3(d_in: int, d_out: int, stride: int = 1) -> nn.Conv2d:
@@ -106,9 +101,9 @@ def cifar_resnet(
 
 def _register() -> None:
     for min_net in (False, True):
-        for n, params in PAPER_PARAMS.items():
+        for n in paper_grid("resnet")["depths"]:
             name = f"{'min_' if min_net else ''}resnet_n{n}"
-            info = ModelInfo(name=name, family="resnet", depth=n, min_net=min_net, paper_params=params[min_net])
+            info = ModelInfo(name=name, family="resnet", depth=n, min_net=min_net, paper_params=paper_params(name))
             register_model(info, partial(cifar_resnet, n, min_net=min_net))
 
 
