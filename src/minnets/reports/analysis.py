@@ -13,7 +13,6 @@ of the curvature per operator, and each operator's own figures.
 from __future__ import annotations
 
 import math
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from minnets.reports import published
 from minnets.reports.runs import SETTING_KEYS, Run
 from minnets.reports.tables import NA, Stats
 from minnets.rundir import analysis_dir
+from minnets.text import slug
 
 __all__ = ["and_operator_sections", "analysis_sections", "POCP_QUALITIES"]
 
@@ -42,10 +42,6 @@ MdTable = Callable[[list[str], list[list[str]]], list[str]]
 
 def _unit(run: Run) -> str:
     return str(run.config.get("unit") or "min")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
 
 
 def _group_title(run: Run) -> str:
@@ -139,7 +135,7 @@ def and_operator_sections(runs: list[Run], out_dir: Path, rows_out: dict[str, li
             reference["paper"] = [paper[1]["final_mean"]]
         else:
             body.append(["paper Min-Net (min)", NA, NA, NA, *(NA for _ in POCP_QUALITIES)])
-        name = f"and_operator_{_slug(title)}.png"
+        name = f"and_operator_{slug(title)}.png"
         lines += [f"### {title}", "", *md_table(header, body), ""]
         if figures.operator_errors(bars, reference, f"AND operator: {title}", out_dir / name):
             lines += [f"![AND operator ablation: {title}]({name})", "",
@@ -219,7 +215,7 @@ def analysis_sections(runs: list[Run], out_dir: Path, rows_out: dict[str, list[d
                   "Median contour curvature c2 (e2 = another unit's optimal direction) per block, averaged "
                   "over analysed seeds; one line per model and operator.", ""]
     for label, (run, result) in shown.items():
-        folder = out_dir / "analysis" / _slug(label)
+        folder = out_dir / "analysis" / slug(label)
         pictures = [name for name in RUN_FIGURES if name in result.get("figures", [])
                     and (analysis_dir(run.path) / name).is_file()]
         if not pictures:
@@ -228,5 +224,5 @@ def analysis_sections(runs: list[Run], out_dir: Path, rows_out: dict[str, list[d
         lines += [f"### {label}: figures of {run.name}", ""]
         for name in pictures:
             shutil.copyfile(analysis_dir(run.path) / name, folder / name)
-            lines += [f"![{label}: {name.removesuffix('.png')}](analysis/{_slug(label)}/{name})", ""]
+            lines += [f"![{label}: {name.removesuffix('.png')}](analysis/{slug(label)}/{name})", ""]
     return lines

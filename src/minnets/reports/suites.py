@@ -30,6 +30,7 @@ from minnets.reports.figures import METRIC_LABELS, _figure, _save, _style
 from minnets.reports.tables import Experiment, ModelGroup, Stats
 from minnets.robustness.evaluate import read_suite_csv, suite_csv
 from minnets.robustness.suite import Row, get_suite
+from minnets.text import slug
 
 REPORT_SUITES = ("corruptions", "adversarial")
 METRICS = ("test_err", "pocp")
@@ -201,7 +202,7 @@ def suite_sections(experiment: Experiment, out_dir: Path, csv_rows: dict[str, li
         tables = list(dict.fromkeys(t for m in present for t in m.cells))
         for table in tables:
             lines += _table(experiment, name, table, present, view, csv_rows, fmt, md_table)
-            figure = f"{name}_{experiment.slug}_{_slug(table)}.png"
+            figure = f"{name}_{experiment.slug}_{slug(table)}.png"
             if _figure_for(table, present, view, out_dir / figure):
                 lines += [f"![{view.title}: {table}]({figure})", ""]
         lines += [f"Std over seeds and every level: [{name}_summary.csv]({name}_summary.csv).", ""]
@@ -288,7 +289,3 @@ def _figure_for(table: str, models: list[_ModelCells], view: View, path: Path) -
     axes[1].legend(fontsize="small")
     _save(fig, path)
     return True
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")

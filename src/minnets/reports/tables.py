@@ -9,12 +9,12 @@ for other datasets they hold ``NA``.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from minnets.reports import published
 from minnets.reports.runs import SETTING_KEYS, Run
+from minnets.text import slug
 
 NA = "n/a"  # the paper has no number that applies (other dataset or a model the paper lacks)
 FAMILY_ORDER = ("resnet", "densenet")
@@ -108,7 +108,7 @@ class Experiment:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9.]+", "_", self.title).strip("_")
+        return slug(self.title)
 
     @property
     def paper_applies(self) -> bool:
