@@ -259,7 +259,8 @@ class Expansion:
     ``(channels, d_in + 1)``, so that the unit's input is ``ReLU(rows @ weights^T)``; ``pixels``,
     ``(n, h, w)``; float32. Outputs of :func:`min_unit_backward`, allocated by it: ``grad_rows``
     ``(pixels, d_in)`` receives ``folded^T u`` at every pixel and ``sums`` ``(channels, d_in + 1)``
-    (float64) receives ``u^T rows``, with ``u`` the gradient at the ReLU's output.
+    (float64, a transposed view of the kernel's ``rows^T u``) receives ``u^T rows``, with ``u`` the
+    gradient at the ReLU's output.
     """
 
     rows: torch.Tensor
@@ -277,4 +278,4 @@ class Expansion:
     def allocate_gradients(self) -> None:
         pixels, width = self.rows.shape
         self.grad_rows = self.rows.new_empty(pixels, width - 1)
-        self.sums = torch.zeros(self.weights.shape[0], width, dtype=torch.float64)
+        self.sums = torch.zeros(width, self.weights.shape[0], dtype=torch.float64).t()

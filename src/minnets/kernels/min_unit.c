@@ -43,10 +43,16 @@ static Geometry geometry(long height, long width, long channels, long kernel, lo
     return geo;
 }
 
-/* Channels are processed CHUNK at a time as GCC/Clang vectors (one AVX register; two SSE
- * ones), loaded and stored with memcpy, which compiles to unaligned vector moves. `width` is
- * CHUNK except for the last, partial chunk of a pixel. */
+/* Channels are processed CHUNK at a time as GCC/Clang vectors: one AVX-512 register (16
+ * floats) where the CPU has them, else one AVX register (8 floats; two SSE ones). Full chunks
+ * are loaded and stored with memcpy, which compiles to unaligned vector moves; `width` is CHUNK
+ * except for the last, partial chunk of a pixel, which AVX-512 moves with a lane mask. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define CHUNK 16
+#else
 #define CHUNK 8
+#endif
 #define MAX_KERNEL 7  /* the widest filter the kernel takes: 7 x 7 */
 #define INLINE static inline __attribute__((always_inline))
 typedef float vec __attribute__((vector_size(CHUNK * sizeof(float))));
@@ -55,11 +61,30 @@ typedef int ivec __attribute__((vector_size(CHUNK * sizeof(int))));
 INLINE vec load(const float *p, int width)
 {
     vec v = {0};
+    if (width == CHUNK) {
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
+#if defined(__AVX512F__)
+    return (vec)_mm512_maskz_loadu_ps((__mmask16)((1u << width) - 1u), p);
+#else
     memcpy(&v, p, (size_t)width * sizeof(float));
     return v;
+#endif
 }
 
-INLINE void store(float *p, vec v, int width) { memcpy(p, &v, (size_t)width * sizeof(float)); }
+INLINE void store(float *p, vec v, int width)
+{
+    if (width == CHUNK) {
+        memcpy(p, &v, sizeof v);
+        return;
+    }
+#if defined(__AVX512F__)
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << width) - 1u), (__m512)v);
+#else
+    memcpy(p, &v, (size_t)width * sizeof(float));
+#endif
+}
 
 /* The taps (i, j) of a k x k window at output (oy, ox) that fall inside the input. */
 typedef struct { long y0, x0, i_lo, i_hi, j_lo, j_hi; } Window;
@@ -325,17 +350,21 @@ static void convolve_backward(const float *restrict x, const float *restrict d_v
  * Fusing them means that the widest maps of a Min-block, the expansion's output and its
  * gradient, and the unit's output and its gradient, never cross main memory. */
 
-#define SUM_TILE_M 4  /* outer_sums: a register tile of 4 rows x up to 3 vectors */
+/* Both products keep their vectors along a map's channels (the wide side), so no operand is
+ * padded: the last vector of a row is partial where the width is not a multiple of CHUNK. */
+
+#define SUM_TILE_M 4  /* outer_sums: a register tile of 4 rows x up to 4 vectors */
 
 /* sums[m][j] += u[p][m] * rows[p][j] for p in [p0, p1), m in [m0, m0 + mr), j in
- * [j0, j0 + 8 * jn), accumulated in float registers, then added to the double sums. */
+ * [j0, j0 + CHUNK * jn) and < width, accumulated in float registers, then added to the double sums. */
 INLINE void outer_sums_tile(const float *restrict u, long c, const float *restrict rows, long width,
                             double *restrict sums, long p0, long p1, long m0, int mr, long j0, int jn)
 {
-    vec acc[SUM_TILE_M][3] = {{{0}}};
+    vec acc[SUM_TILE_M][4] = {{{0}}};
+    const int last = width - j0 - CHUNK * (jn - 1) < CHUNK ? (int)(width - j0 - CHUNK * (jn - 1)) : CHUNK;
     for (long p = p0; p < p1; ++p) {
-        vec r[3];
-        for (int jv = 0; jv < jn; ++jv) r[jv] = load(ROW(rows, p, width) + j0 + CHUNK * jv, CHUNK);
+        vec r[4];
+        for (int jv = 0; jv < jn; ++jv) r[jv] = load(ROW(rows, p, width) + j0 + CHUNK * jv, jv == jn - 1 ? last : CHUNK);
         for (int mi = 0; mi < mr; ++mi) {
             const float up = ROW(u, p, c)[m0 + mi];
             for (int jv = 0; jv < jn; ++jv) acc[mi][jv] += up * r[jv];
@@ -343,23 +372,25 @@ INLINE void outer_sums_tile(const float *restrict u, long c, const float *restri
     }
     for (int mi = 0; mi < mr; ++mi)
         for (int jv = 0; jv < jn; ++jv)
-            for (int l = 0; l < CHUNK; ++l) ROW(sums, m0 + mi, width)[j0 + CHUNK * jv + l] += acc[mi][jv][l];
+            for (int l = 0; l < (jv == jn - 1 ? last : CHUNK); ++l) ROW(sums, m0 + mi, width)[j0 + CHUNK * jv + l] += acc[mi][jv][l];
 }
 
-/* One column of tiles at rows [m, m + mr): the widest tile that fits what is left of `width`. */
+/* One row of tiles at rows [m, m + mr): up to four vectors at a time across `width`. */
 INLINE void outer_sums_tiles(const float *u, long c, const float *rows, long width, double *sums, long p0, long p1,
                              long m, int mr)
 {
-    for (long j0 = 0; j0 < width; j0 += 3 * CHUNK) {
-        const long left = (width - j0) / CHUNK;
-        if (left >= 3) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, j0, 3);
-        else if (left == 2) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, j0, 2);
-        else outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, j0, 1);
+    const long vectors = (width + CHUNK - 1) / CHUNK;
+    for (long jv = 0; jv < vectors; jv += 4) {
+        const long left = vectors - jv;
+        if (left >= 4) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 4);
+        else if (left == 3) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 3);
+        else if (left == 2) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 2);
+        else outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 1);
     }
 }
 
-/* sums (c x width, double) += u^T rows over pixels [0, hw); u is (hw x c), rows (hw x width)
- * with width a multiple of 8. Tiles get a compile-time shape, so accumulators stay in registers. */
+/* sums (c x width, double) += u^T rows over pixels [0, hw); u is (hw x c), rows (hw x width).
+ * Tiles get a compile-time shape, so accumulators stay in registers. */
 static void outer_sums(const float *u, long c, const float *rows, long width, double *sums, long hw)
 {
     for (long p0 = 0; p0 < hw; p0 += BLOCK) {
@@ -370,77 +401,69 @@ static void outer_sums(const float *u, long c, const float *rows, long width, do
     }
 }
 
-#define PRODUCT_TILE_P 4  /* product: a register tile of 4 pixels x 16 columns */
+#define PRODUCT_TILE_P 4  /* product: a register tile of 4 pixels x 2 vectors, or 8 pixels x 1 */
 
-/* out[p][j] = sum_m u[p][m] * matrix[m][j] for p in [p0, p0 + pn), j in [j0, j0 + 16) and < out_width. */
-INLINE void product_tile(const float *restrict u, long c, const float *restrict matrix, long padded,
-                         float *restrict out, long out_width, long p0, int pn, long j0, int relu)
+/* out[p][j] = sum_m u[p][m] * matrix[m][j] for p in [p0, p0 + pn), j in [j0, j0 + CHUNK * jn)
+ * and < width (matrix: c x width); rectified if `relu`. */
+INLINE void product_tile(const float *restrict u, long c, const float *restrict matrix, float *restrict out,
+                         long width, long p0, int pn, long j0, int jn, int relu)
 {
-    vec acc[PRODUCT_TILE_P][2] = {{{0}}};
+    vec acc[2 * PRODUCT_TILE_P][2] = {{{0}}};
+    const int last = width - j0 - CHUNK * (jn - 1) < CHUNK ? (int)(width - j0 - CHUNK * (jn - 1)) : CHUNK;
     for (long m = 0; m < c; ++m) {
-        const vec m0 = load(ROW(matrix, m, padded) + j0, CHUNK), m1 = load(ROW(matrix, m, padded) + j0 + CHUNK, CHUNK);
+        vec row[2];
+        for (int jv = 0; jv < jn; ++jv) row[jv] = load(ROW(matrix, m, width) + j0 + CHUNK * jv, jv == jn - 1 ? last : CHUNK);
         for (int pi = 0; pi < pn; ++pi) {
             const float up = ROW(u, p0 + pi, c)[m];
-            acc[pi][0] += up * m0;
-            acc[pi][1] += up * m1;
+            for (int jv = 0; jv < jn; ++jv) acc[pi][jv] += up * row[jv];
         }
     }
-    for (int pi = 0; pi < pn && relu; ++pi)
-        for (int jv = 0; jv < 2; ++jv) acc[pi][jv] = (vec)((ivec)acc[pi][jv] & (acc[pi][jv] > 0.0f));
-    for (int pi = 0; pi < pn; ++pi) {
-        float *restrict row = ROW(out, p0 + pi, out_width) + j0;
-        const long left = out_width - j0;
-        if (left >= 2 * CHUNK) {
-            store(row, acc[pi][0], CHUNK);
-            store(row + CHUNK, acc[pi][1], CHUNK);
-        } else {
-            float tile[2 * CHUNK];
-            memcpy(tile, acc[pi], sizeof(tile));
-            for (long l = 0; l < left; ++l) row[l] = tile[l];
+    for (int pi = 0; pi < pn; ++pi)
+        for (int jv = 0; jv < jn; ++jv) {
+            float *restrict dest = ROW(out, p0 + pi, width) + j0 + CHUNK * jv;
+            const int lanes = jv == jn - 1 ? last : CHUNK;
+            vec value = acc[pi][jv];
+            if (relu) value = (vec)((ivec)value & (value > 0.0f));
+            store(dest, value, lanes);
         }
+}
+
+/* One column of tiles, j in [j0, j0 + CHUNK * jn): PRODUCT_TILE_P * (2 / jn) pixels at a time. */
+INLINE void product_column(const float *u, long c, const float *matrix, float *out, long width, long hw, long j0,
+                           int jn, int relu)
+{
+    const int pn = PRODUCT_TILE_P * (jn == 1 ? 2 : 1);
+    long p0 = 0;
+    for (; p0 + pn <= hw; p0 += pn) product_tile(u, c, matrix, out, width, p0, pn, j0, jn, relu);
+    for (; p0 < hw; ++p0) product_tile(u, c, matrix, out, width, p0, 1, j0, jn, relu);
+}
+
+/* out (hw x width) = u (hw x c) @ matrix (c x width), rectified if `relu`. */
+static void product(const float *u, long c, const float *matrix, float *out, long width, long hw, int relu)
+{
+    const long vectors = (width + CHUNK - 1) / CHUNK;
+    long jv = 0;
+    for (; jv + 2 <= vectors; jv += 2) {
+        if (relu) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 2, 1);
+        else product_column(u, c, matrix, out, width, hw, CHUNK * jv, 2, 0);
+    }
+    if (jv < vectors) {
+        if (relu) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 1, 1);
+        else product_column(u, c, matrix, out, width, hw, CHUNK * jv, 1, 0);
     }
 }
 
-/* out (hw x out_width) = u (hw x c) @ matrix (c x padded, zero beyond out_width; padded a
- * multiple of 16), rectified if `relu`. */
-static void product(const float *u, long c, const float *matrix, long padded, float *out, long out_width, long hw,
-                    int relu)
+/* The sum over threads of per-thread double arrays (`stride` apart) of `size` values, in thread
+ * order, as float or as double. */
+static void sum_threads(const double *partial, int threads, size_t stride, size_t size, float *out_float,
+                        double *out_double)
 {
-    for (long j0 = 0; j0 < out_width; j0 += 2 * CHUNK) {
-        long p0 = 0;
-        if (relu) {
-            for (; p0 + PRODUCT_TILE_P <= hw; p0 += PRODUCT_TILE_P) product_tile(u, c, matrix, padded, out, out_width, p0, PRODUCT_TILE_P, j0, 1);
-            for (; p0 < hw; ++p0) product_tile(u, c, matrix, padded, out, out_width, p0, 1, j0, 1);
-        } else {
-            for (; p0 + PRODUCT_TILE_P <= hw; p0 += PRODUCT_TILE_P) product_tile(u, c, matrix, padded, out, out_width, p0, PRODUCT_TILE_P, j0, 0);
-            for (; p0 < hw; ++p0) product_tile(u, c, matrix, padded, out, out_width, p0, 1, j0, 0);
-        }
+    for (size_t i = 0; i < size; ++i) {
+        double sum = 0.0;
+        for (int t = 0; t < threads; ++t) sum += partial[(size_t)t * stride + i];
+        if (out_float != NULL) out_float[i] = (float)sum;
+        else out_double[i] = sum;
     }
-}
-
-INLINE long round_up(long n, long to) { return (n + to - 1) / to * to; }
-
-/* A (rows x cols) matrix as rows `padded` floats apart, zeros beyond cols; NULL if out of memory. */
-static float *padded_matrix(const float *matrix, long rows, long cols, long padded)
-{
-    float *out = calloc((size_t)(rows * padded), sizeof(float));
-    if (out == NULL) return NULL;
-    for (long i = 0; i < rows; ++i) memcpy(out + i * padded, matrix + i * cols, sizeof(float) * (size_t)cols);
-    return out;
-}
-
-/* The sum over threads of per-thread double arrays (`stride` apart), in thread order, as
- * float or as double, reading `width`-wide rows of which the first `cols` are kept. */
-static void sum_threads(const double *partial, int threads, size_t stride, long rows, long width, long cols,
-                        float *out_float, double *out_double)
-{
-    for (long i = 0; i < rows; ++i)
-        for (long j = 0; j < cols; ++j) {
-            double sum = 0.0;
-            for (int t = 0; t < threads; ++t) sum += partial[(size_t)t * stride + (size_t)(i * width + j)];
-            if (out_float != NULL) out_float[i * cols + j] = (float)sum;
-            else out_double[i * cols + j] = sum;
-        }
 }
 
 /* Forward pass. With a reduction (reduce_t != NULL: the 1x1 conv after the unit, transposed,
@@ -457,14 +480,7 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
     const size_t in_size = (size_t)(hw * channels);
     const size_t out_size = (size_t)(hw_out * channels);
-    const long out_channels = reduce_t != NULL ? d_out : channels, padded = round_up(d_out, 2 * CHUNK);
-    const long unit_padded = round_up(channels, 2 * CHUNK);
-    float *matrix = reduce_t != NULL ? padded_matrix(reduce_t, channels, d_out, padded) : NULL;
-    float *expander = expand_rows != NULL ? padded_matrix(expand_t, d_in + 1, channels, unit_padded) : NULL;
-    if ((reduce_t != NULL && matrix == NULL) || (expand_rows != NULL && expander == NULL)) {
-        free(matrix); free(expander);
-        return 1;
-    }
+    const long out_channels = reduce_t != NULL ? d_out : channels;
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
@@ -480,18 +496,16 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
             float *dest = out + (size_t)(n * hw_out * out_channels);
             const float *xs = input;
             if (expand_rows != NULL)
-                product(expand_rows + (size_t)(n * hw * (d_in + 1)), d_in + 1, expander, unit_padded, input, channels, hw, 1);
+                product(expand_rows + (size_t)(n * hw * (d_in + 1)), d_in + 1, expand_t, input, channels, hw, 1);
             else
                 xs = x + n * in_size;
             forward_sample(xs, w_v, w_g, reduce_t != NULL ? unit : dest, stats + n * 4 * (size_t)channels,
                            v, g, sum, part, &geo, eps);
-            if (reduce_t != NULL) product(unit, channels, matrix, padded, dest, d_out, hw_out, 0);
+            if (reduce_t != NULL) product(unit, channels, reduce_t, dest, d_out, hw_out, 0);
         }
         free(scratch);
         free(sum);
     }
-    free(matrix);
-    free(expander);
     return failed;
 }
 
@@ -500,8 +514,8 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
  *   is folded into `expand_folded` (channels x d_in), applied to the rows [x_in - mean, 1]
  *   (pixels x (d_in + 1)) in `expand_rows`. Then grad_x is not used; with u the gradient at x
  *   (zero where x == 0), expand_grad_rows (pixels x d_in) receives folded^T u at every pixel and
- *   expand_sums (channels x (d_in + 1), double) the sums u^T rows. With expand_t as well (see
- *   the forward pass), x is not read but recomputed.
+ *   expand_sums ((d_in + 1) x channels, double) the sums rows^T u. With expand_t as well (see the forward
+ *   pass), x is not read but recomputed.
  * - With a reduction (reduce != NULL: the 1x1 conv after the unit, (d_out x channels)): `grad`
  *   is the gradient at that conv's output (d_out channels), and reduce_sums (d_out x channels,
  *   double) receives the conv's weight gradient. */
@@ -510,7 +524,8 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
                               long batch, long height, long width, long channels, long kernel, long stride,
                               int input_is_relu, const float *expand_rows, const float *expand_folded,
                               float *expand_grad_rows, double *expand_sums, long d_in, const float *expand_t,
-                              const float *reduce, double *reduce_sums, long d_out, int threads)
+                              const float *reduce, double *reduce_sums, long d_out,
+                              int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
@@ -518,19 +533,13 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     const size_t out_size = (size_t)(hw_out * channels);
     const size_t filter_size = (size_t)(kernel * kernel * channels);
     const int expanding = expand_rows != NULL, reducing = reduce != NULL;
-    const long rows_width = round_up(d_in + 1, CHUNK), in_padded = round_up(d_in, 2 * CHUNK);
-    const long unit_width = round_up(channels, CHUNK), unit_padded = round_up(channels, 2 * CHUNK);
-    const size_t expand_size = expanding ? (size_t)(channels * rows_width) : 0;
-    const size_t reduce_size = reducing ? (size_t)(d_out * unit_width) : 0;
+    const size_t expand_size = expanding ? (size_t)((d_in + 1) * channels) : 0;
+    const size_t reduce_size = reducing ? (size_t)(d_out * channels) : 0;
     const size_t per_thread = 2 * filter_size + expand_size + reduce_size;  /* dw_v, dw_g, the products' sums */
     double *partial = calloc((size_t)threads * per_thread, sizeof(double));
     AxisCover *rows = malloc(sizeof(AxisCover) * (size_t)(height + width)), *cols = rows + height;
-    float *folded = expanding ? padded_matrix(expand_folded, channels, d_in, in_padded) : NULL;
-    float *spread = reducing ? padded_matrix(reduce, d_out, channels, unit_padded) : NULL;
-    float *expander = expand_t != NULL ? padded_matrix(expand_t, d_in + 1, channels, unit_padded) : NULL;
-    if (partial == NULL || rows == NULL || (expanding && folded == NULL) || (reducing && spread == NULL)
-        || (expand_t != NULL && expander == NULL)) {
-        free(partial); free(rows); free(folded); free(spread); free(expander);
+    if (partial == NULL || rows == NULL) {
+        free(partial); free(rows);
         return 1;
     }
     axis_covers(rows, height, geo.out_height, &geo);
@@ -538,33 +547,34 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        const size_t expand_scratch = expanding ? in_size + (size_t)(hw * rows_width) : 0;  /* u, padded rows */
-        const size_t reduce_scratch = reducing ? (size_t)(hw_out * unit_width) + out_size : 0;  /* unit output, its gradient */
-        const size_t input_scratch = expander != NULL ? in_size : 0;  /* the recomputed input */
+        const size_t expand_scratch = expanding ? in_size : 0;  /* u */
+        const size_t reduce_scratch = reducing ? 2 * out_size : 0;  /* unit output, its gradient */
+        const size_t input_scratch = expand_t != NULL ? in_size : 0;  /* the recomputed input */
         float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels
                                                  + expand_scratch + reduce_scratch + input_scratch));
         double *sums = malloc(sizeof(double) * 4 * (size_t)channels);
         double *mine = partial + (size_t)omp_get_thread_num() * per_thread;
         failed = scratch == NULL || sums == NULL;
         float *v = scratch, *g = v + out_size, *dw = g + out_size, *coef = dw + 2 * filter_size;
-        float *part = coef + 4 * channels, *u = part + 4 * channels, *padded_rows = u + (expanding ? in_size : 0);
-        float *unit = padded_rows + (expanding ? hw * rows_width : 0), *unit_grad = unit + (reducing ? hw_out * unit_width : 0);
+        float *part = coef + 4 * channels, *u = part + 4 * channels;
+        float *unit = u + expand_scratch, *unit_grad = unit + (reducing ? out_size : 0);
         float *input = unit_grad + (reducing ? out_size : 0);
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
             const float *xs = input, *sample_stats = stats + n * 4 * (size_t)channels;
             const float *grad_unit = grad + n * out_size;
-            if (expander != NULL)
-                product(expand_rows + (size_t)(n * hw * (d_in + 1)), d_in + 1, expander, unit_padded, input, channels, hw, 1);
+            const float *sample_rows = expanding ? expand_rows + (size_t)(n * hw * (d_in + 1)) : NULL;
+            if (expand_t != NULL)
+                product(sample_rows, d_in + 1, expand_t, input, channels, hw, 1);
             else
                 xs = x + n * in_size;
             convolve(xs, w_v, w_g, v, g, &geo);
             if (reducing) {
                 const float *grad_reduced = grad + (size_t)(n * hw_out * d_out);
-                min_output(v, g, sample_stats, unit, hw_out, channels, unit_width);
-                product(grad_reduced, d_out, spread, unit_padded, unit_grad, channels, hw_out, 0);
-                outer_sums(grad_reduced, d_out, unit, unit_width, mine + 2 * filter_size + expand_size, hw_out);
+                min_output(v, g, sample_stats, unit, hw_out, channels, channels);
+                product(grad_reduced, d_out, reduce, unit_grad, channels, hw_out, 0);
+                outer_sums(grad_reduced, d_out, unit, channels, mine + 2 * filter_size + expand_size, hw_out);
                 grad_unit = unit_grad;
             }
             norm_backward(grad_unit, v, g, sample_stats, hw_out, channels, sums, part, coef);
@@ -572,26 +582,18 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
                               rows, cols, input_is_relu || expanding);
             for (size_t i = 0; i < 2 * filter_size; ++i) mine[i] += dw[i];
             if (expanding) {
-                const float *sample_rows = expand_rows + (size_t)(n * hw * (d_in + 1));
-                for (long p = 0; p < hw; ++p) {  /* rows with zero entries up to a whole vector */
-                    memcpy(ROW(padded_rows, p, rows_width), ROW(sample_rows, p, d_in + 1), sizeof(float) * (size_t)(d_in + 1));
-                    memset(ROW(padded_rows, p, rows_width) + d_in + 1, 0, sizeof(float) * (size_t)(rows_width - d_in - 1));
-                }
-                outer_sums(u, channels, padded_rows, rows_width, mine + 2 * filter_size, hw);
-                product(u, channels, folded, in_padded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw, 0);
+                outer_sums(sample_rows, d_in + 1, u, channels, mine + 2 * filter_size, hw);
+                product(u, channels, expand_folded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw, 0);
             }
         }
         free(scratch);
         free(sums);
     }
-    sum_threads(partial, threads, per_thread, 1, (long)filter_size, (long)filter_size, grad_w_v, NULL);
-    sum_threads(partial + filter_size, threads, per_thread, 1, (long)filter_size, (long)filter_size, grad_w_g, NULL);
-    if (expanding) sum_threads(partial + 2 * filter_size, threads, per_thread, channels, rows_width, d_in + 1, NULL, expand_sums);
-    if (reducing) sum_threads(partial + 2 * filter_size + expand_size, threads, per_thread, d_out, unit_width, channels, NULL, reduce_sums);
+    sum_threads(partial, threads, per_thread, filter_size, grad_w_v, NULL);
+    sum_threads(partial + filter_size, threads, per_thread, filter_size, grad_w_g, NULL);
+    if (expanding) sum_threads(partial + 2 * filter_size, threads, per_thread, expand_size, NULL, expand_sums);
+    if (reducing) sum_threads(partial + 2 * filter_size + expand_size, threads, per_thread, reduce_size, NULL, reduce_sums);
     free(partial);
     free(rows);
-    free(folded);
-    free(spread);
-    free(expander);
     return failed;
 }
