@@ -15,26 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from minnets import __version__
-from minnets.data import load_dataset
+from minnets.data import ENV_VAR, ImageDataset, load_dataset
 from minnets.errors import MinnetsError
 from minnets.reports import figures, published
 from minnets.reports.analysis import analysis_sections, and_operator_sections
 from minnets.reports.runs import SETTING_KEYS, Run, find_runs
-from minnets.reports.suites import suite_sections
+from minnets.reports.suites import corruption_grid, csv_files, suite_section, suite_sections
 from minnets.reports.tables import (
     FAMILY_LABELS,
     NA,
-    PAPER_JPEG_TABLES,
     STATS,
     Experiment,
     build_experiments,
-    jpeg_rows,
     paper_mode_first,
     table1_rows,
 )
 from minnets.text import plural
 
-EXAMPLE_INDEX = 0  # the test image shown in Figure 5
+EXAMPLE_INDEX = 0  # the test image shown in Figure 5 and under every corruption
+TestSets = dict[str, tuple[ImageDataset | None, Path | None, str]]  # dataset -> (data, its folder, why absent)
 DEMO_DATASETS = ("shapes10",)  # generated for demos and tests; its numbers measure nothing the paper did
 CONVENTIONS = (
     "Test errors and POCP (percentage of changed predictions) are in percent. *mean*, *std*, "
@@ -65,23 +64,26 @@ def build_report(runs_root: Path, out_dir: Path, data_root: Path | None = None) 
     out_dir.mkdir(parents=True, exist_ok=True)
     experiments = build_experiments(runs)
     lines = _header(runs_root, runs, skipped, experiments)
-    table1, jpeg = [], {"test_err": [], "pocp": []}
-    suite_rows: dict[str, list[dict[str, Any]]] = {}
+    table1 = []
+    suite_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in csv_files()}  # CSV file -> rows
+    analysis_rows: dict[str, list[dict[str, Any]]] = {}
+    test_sets: TestSets = {}
+    extra = {"corruptions": _corruption_grid(experiments, data_root, out_dir, test_sets)}
     for experiment in experiments:
         rows = table1_rows(experiment)
         table1 += rows
-        lines += _experiment_section(experiment, rows, out_dir, jpeg)
-        lines += suite_sections(experiment, out_dir, suite_rows, _fmt, _md_table)
-    lines += and_operator_sections(runs, out_dir, suite_rows, _fmt, _md_table)
-    lines += analysis_sections(runs, out_dir, suite_rows, _fmt, _md_table)
-    lines += _figure5_section(experiments, data_root, out_dir)
+        lines += _experiment_section(experiment, rows, out_dir, suite_rows)
+        lines += suite_sections(experiment, out_dir, suite_rows, _fmt, _md_table, extra)
+    lines += and_operator_sections(runs, out_dir, analysis_rows, _fmt, _md_table)
+    lines += analysis_sections(runs, out_dir, analysis_rows, _fmt, _md_table)
+    lines += _figure5_section(experiments, data_root, out_dir, test_sets)
     lines += _missing_section(experiments, skipped)
     lines += _runs_section(runs)
     _write_csv(out_dir / "table1.csv", table1)
-    _write_csv(out_dir / "jpeg_error.csv", jpeg["test_err"])
-    _write_csv(out_dir / "jpeg_pocp.csv", jpeg["pocp"])
     _write_csv(out_dir / "runs.csv", [_run_row(run) for run in runs])
-    for name, summary in suite_rows.items():
+    for name, rows in suite_rows.items():
+        _write_csv(out_dir / name, rows)
+    for name, summary in analysis_rows.items():
         _write_csv(out_dir / f"{name}_summary.csv", summary)
     report = out_dir / "report.md"
     _write_text(report, "\n".join(lines) + "\n")
@@ -147,7 +149,7 @@ def _recipe_lines(experiment: Experiment) -> list[str]:
 
 
 def _experiment_section(experiment: Experiment, table1: list[dict[str, Any]], out_dir: Path,
-                        jpeg: dict[str, list[dict[str, Any]]]) -> list[str]:
+                        suite_rows: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [f"## Experiment: {experiment.title}", ""]
     if experiment.setting:
         lines += [f"Runs with these settings only: {experiment.setting}.", ""]
@@ -170,22 +172,7 @@ def _experiment_section(experiment: Experiment, table1: list[dict[str, Any]], ou
                   "faint dotted circles: the paper's means.", ""]
     else:
         lines += ["No finished ResNet or DenseNet run yet: nothing to draw.", ""]
-    modes = experiment.jpeg_modes()
-    lines += ["### Tables 2 to 5: JPEG robustness", ""]
-    if not modes:
-        lines += ["No run has JPEG results yet (run `minnets jpeg` on finished runs).", ""]
-    for mode in modes:
-        rows = {metric: jpeg_rows(experiment, mode, metric) for metric in ("test_err", "pocp")}
-        for metric, metric_rows in rows.items():
-            jpeg[metric] += metric_rows
-        lines += _jpeg_markdown(experiment, mode, rows)
-    if modes:
-        lines += ["### Figures 3 and 4: POCP and test error against JPEG quality", ""]
-    for mode in modes:
-        for metric, number, what in (("pocp", 3, "POCP"), ("test_err", 4, "test error")):
-            name = f"fig{number}_{metric}_vs_quality_{slug}_{mode}.png"
-            if figures.jpeg_curves(experiment, mode, metric, out_dir / name):
-                lines += [f"![Figure {number}: {what} against JPEG quality, mode {mode}]({name})", ""]
+    lines += suite_section("jpeg", experiment, out_dir, suite_rows, _fmt, _md_table)
     lines += ["### Training curves", "",
               "Train error (left) and test error (right) after every epoch, one line per seed; baseline "
               "and Min-Net share each panel; faint lines are unfinished runs.", ""]
@@ -248,60 +235,56 @@ def _seeds_cell(row: dict[str, Any]) -> str:
     return cell
 
 
-def _jpeg_markdown(experiment: Experiment, mode: str,
-                   rows: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Tables 2 to 5 in the paper's order (DenseNet before ResNet), then other models."""
-    lines = []
-    tables = sorted(((family, metric) for family in experiment.families() for metric in rows),
-                    key=lambda key: PAPER_JPEG_TABLES.get(key, 99))
-    for family, metric in tables:
-        what = "test error" if metric == "test_err" else "POCP"
-        csv_name = "jpeg_error.csv" if metric == "test_err" else "jpeg_pocp.csv"
-        family_rows = [r for r in rows[metric] if r["family"] == (family or "other")]
-        number = PAPER_JPEG_TABLES.get((family, metric))
-        name = f"Table {number}" if number else "Other models"
-        label = FAMILY_LABELS.get(family, "other models")
-        lines += [f"#### {name}: {label}, {what} (%) per JPEG quality, mode `{mode}`", ""]
-        qualities = sorted({r["quality"] for r in family_rows}, reverse=True)
-        header = ["model", "", "seeds"] + [f"Q={q}" if q == 100 else str(q) for q in qualities]
-        body = []
-        for group in (g for g in experiment.models if g.family == family):
-            cells = {r["quality"]: r for r in family_rows if r["model"] == group.model}
-            seeds = str(group.jpeg_seeds(mode))
-            if group.expected_seeds:
-                seeds += f"/{len(group.expected_seeds)}"
-            ours = [_fmt(cells[q]["mean"], missing="missing") for q in qualities]
-            body.append([group.model, "ours", seeds, *ours])
-            if any(cells[q]["paper"] != NA for q in qualities):
-                body.append(["", "paper", ""] + [_fmt(cells[q]["paper"], digits=1) for q in qualities])
-                body.append(["", "Δ", ""] + [_fmt(cells[q]["diff"], signed=True) for q in qualities])
-        lines += [*_md_table(header, body), "",
-                  f"All numbers, with std over seeds: [{csv_name}]({csv_name}).", ""]
-    return lines
-
-
-def _figure5_section(experiments: list[Experiment], data_root: Path | None, out_dir: Path) -> list[str]:
-    """Figure 5 from the first experiment's dataset (CIFAR-10 when there is any).
+def _test_set(dataset: str, experiments: list[Experiment], data_root: Path | None,
+              loaded: TestSets) -> tuple[ImageDataset | None, Path | None, str]:
+    """(data, the folder it came from, "") for ``dataset``, or (None, None, why not); each dataset loaded once.
 
     The images come from ``data_root`` if given, else from the data folders the runs recorded
-    (the first that loads), else from the dataset's default ($MINNETS_DATA).
+    (those of the dataset's own runs first; the first that loads), else from the dataset's
+    default ($MINNETS_DATA).
     """
-    dataset = experiments[0].dataset
-    modes = paper_mode_first({m for e in experiments for m in e.jpeg_modes()} | {published.paper_jpeg_mode()})
-    lines = ["## Figure 5: one test image at every JPEG quality", ""]
-    recorded = [run.config.get("data") for e in experiments if e.dataset == dataset for run in e.runs]
+    if dataset in loaded:
+        return loaded[dataset]
+    ordered = sorted(experiments, key=lambda e: e.dataset != dataset)
+    recorded = [run.config.get("data") for e in ordered for run in e.runs]
     roots = [data_root] if data_root is not None else [*dict.fromkeys(r for r in recorded if r), None]
     problems = []
     for root in roots:
         try:
             data = load_dataset(dataset, root=root)
-            break
         except (MinnetsError, OSError) as error:
             problems.append(str(error))
+            continue
+        folder = root if root is not None else os.environ.get(ENV_VAR)
+        loaded[dataset] = (data, Path(folder).expanduser() if folder else None, "")
+        break
     else:
-        return lines + [f"**Figure 5 is missing**: the test images of `{dataset}` could not be "
-                        f"loaded ({'; '.join(dict.fromkeys(problems))}). Rebuild with `--data DIR` "
-                        "pointing at the dataset.", ""]
+        loaded[dataset] = (None, None, f"the test images of `{dataset}` could not be loaded "
+                           f"({'; '.join(dict.fromkeys(problems))}). Rebuild with `--data DIR` pointing at the dataset.")
+    return loaded[dataset]
+
+
+def _corruption_grid(experiments: list[Experiment], data_root: Path | None, out_dir: Path,
+                     loaded: TestSets) -> list[str]:
+    """The corruptions section's figure: CIFAR-10 test image EXAMPLE_INDEX under every corruption;
+    the frost pictures are looked for beside the data (``frost/``) and in the corruption cache."""
+    data, root, problem = _test_set("cifar10", experiments, data_root, loaded)
+    if data is None:
+        return corruption_grid(out_dir, None, "", problem)
+    label = data.classes[int(data.test_labels[EXAMPLE_INDEX])]
+    return corruption_grid(out_dir, data.test_images[EXAMPLE_INDEX], f"cifar10 test image {EXAMPLE_INDEX} ({label})",
+                           index=EXAMPLE_INDEX, frost_dirs=[root / "frost"] if root is not None else [])
+
+
+def _figure5_section(experiments: list[Experiment], data_root: Path | None, out_dir: Path,
+                     loaded: TestSets) -> list[str]:
+    """Figure 5 from the first experiment's dataset (CIFAR-10 when there is any); see :func:`_test_set`."""
+    dataset = experiments[0].dataset
+    modes = paper_mode_first({m for e in experiments for m in e.jpeg_modes()} | {published.paper_jpeg_mode()})
+    lines = ["## Figure 5: one test image at every JPEG quality", ""]
+    data, _, problem = _test_set(dataset, experiments, data_root, loaded)
+    if data is None:
+        return lines + [f"**Figure 5 is missing**: {problem}", ""]
     name = "fig5_jpeg_examples.png"
     label = data.classes[int(data.test_labels[EXAMPLE_INDEX])]
     title = f"{dataset} test image {EXAMPLE_INDEX} ({label})"

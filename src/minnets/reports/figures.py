@@ -1,4 +1,5 @@
-"""The paper's figures (2, 3, 4, 5) and training curves, drawn from an experiment's runs.
+"""The paper's figures 2 and 5 and training curves, drawn from an experiment's runs, and the
+drawing helpers of every figure (Figures 3 and 4 are the JPEG suite's, :mod:`minnets.reports.suites`).
 
 Styles follow the paper: baseline black and dashed, Min-Net blue and solid, diamonds at the
 means. The paper's own means are drawn faint and dotted with hollow circles, so the two
@@ -148,77 +149,6 @@ def _figure_legend(fig: Figure, handles: dict[str, Any]) -> None:
     width = fig.get_figwidth()
     fig.legend([handles[k] for k in order], order, loc="outside lower center", fontsize=9,
                ncols=max(1, min(len(order), int(width // 3.6))))
-
-
-def jpeg_curves(experiment: Experiment, mode: str, metric: str, path: Path) -> bool:
-    """Figures 3 (POCP) and 4 (test error) against JPEG quality; one row per family, one
-    panel per depth. Returns False when no run has results in this mode."""
-    families = [f for f in _known_families(experiment)
-                if any(g.jpeg_seeds(mode) for g in experiment.models if g.family == f)]
-    if not families:
-        return False
-    depths = {f: sorted({g.depth for g in experiment.models if g.family == f}) for f in families}
-    ncols = max(len(d) for d in depths.values())
-    fig = _figure(figsize=(max(3.6 * ncols, 8.0), 3.3 * len(families) + 1.2))
-    axes = fig.subplots(len(families), ncols, squeeze=False)
-    show_paper = experiment.paper_applies and mode == published.paper_jpeg_mode()
-    handles: dict[str, Any] = {}
-    for row, family in enumerate(families):
-        for col in range(ncols):
-            ax = axes[row][col]
-            if col >= len(depths[family]):
-                ax.set_visible(False)
-                continue
-            depth = depths[family][col]
-            absent = []
-            for min_net in (False, True):
-                style = _style(min_net)
-                group = next((g for g in experiment.models if g.family == family
-                              and g.depth == depth and g.min_net == min_net), None)
-                if group is None:
-                    continue
-                if show_paper and group.published is not None:
-                    (line,) = ax.plot(*_paper_curve(group, metric), color=style["color"],
-                                      linestyle=":", marker="o", markersize=4,
-                                      markerfacecolor="none", alpha=0.45, zorder=3)
-                    handles[f"paper: {style['name']}"] = line
-                q, v = _our_curve(group, mode, metric)
-                if not q:
-                    absent.append(style["name"])
-                    continue
-                (line,) = ax.plot(q, v, color=style["color"], linestyle=style["linestyle"],
-                                  marker="D", markersize=4)
-                handles[f"ours: {style['name']}, mean over seeds"] = line
-            if absent:
-                ax.text(0.04, 0.96, "no results yet: " + ", ".join(absent), transform=ax.transAxes,
-                        va="top", fontsize=8, color="gray")
-            ax.set_title(f"{FAMILY_LABELS[family]} {DEPTH_SYMBOLS[family]}={depth}")
-            ax.set_xlim(103, 7)
-            ax.set_xticks(published.qualities())
-            ax.grid(alpha=0.3)
-            ax.set_xlabel("JPEG quality Q")
-            if col == 0:
-                ax.set_ylabel(METRIC_LABELS[metric])
-    number, what = (3, "changed predictions (POCP)") if metric == "pocp" else (4, "test error")
-    fig.suptitle(f"Figure {number}: {what} against JPEG quality on {experiment.title}\n"
-                 f"JPEG mode '{mode}'; Q=100 is the uncompressed test set")
-    _figure_legend(fig, handles)
-    _save(fig, path)
-    return True
-
-
-def _our_curve(group: ModelGroup, mode: str, metric: str) -> tuple[list[int], list[float]]:
-    points = [(q, group.jpeg_stats(mode, metric, q).mean) for q in published.qualities()]
-    points = [(q, v) for q, v in points if v is not None]
-    return [q for q, _ in points], [v for _, v in points]
-
-
-def _paper_curve(group: ModelGroup, metric: str) -> tuple[list[int], list[float]]:
-    values = dict(group.published["jpeg_test_err" if metric == "test_err" else "pocp"])
-    if metric == "pocp":
-        values[100] = 0.0  # by definition: the uncompressed test set changes no prediction
-    qs = sorted(values, reverse=True)
-    return qs, [values[q] for q in qs]
 
 
 def training_curves(experiment: Experiment, family: str | None, path: Path) -> Figure:

@@ -21,13 +21,6 @@ FAMILY_ORDER = ("resnet", "densenet")
 FAMILY_LABELS = {"resnet": "ResNet", "densenet": "DenseNet-BC"}
 DEPTH_SYMBOLS = {"resnet": "N", "densenet": "L"}
 STATS = ("mean", "std", "min", "max")
-# (family, metric) -> number of the paper's table with that family's JPEG results
-PAPER_JPEG_TABLES = {
-    ("densenet", "test_err"): 2,
-    ("densenet", "pocp"): 3,
-    ("resnet", "test_err"): 4,
-    ("resnet", "pocp"): 5,
-}
 
 
 @dataclass(frozen=True)
@@ -77,17 +70,6 @@ class ModelGroup:
         """Stats over finished seeds of a summary.json number (final_test_err or min_test_err)."""
         return Stats.of([float(run.summary[key]) for run in self.finished])
 
-    def jpeg_stats(self, mode: str, metric: str, quality: int) -> Stats:
-        values = []
-        for run in self.runs:
-            result = (run.jpeg or {}).get(mode, {}).get(quality)
-            if result is not None:
-                values.append(result[metric])
-        return Stats.of(values)
-
-    def jpeg_seeds(self, mode: str) -> int:
-        return sum(1 for run in self.runs if run.jpeg and mode in run.jpeg)
-
     def num_params(self) -> int | None:
         counts = {int(run.summary["num_params"]) for run in self.finished}
         return counts.pop() if len(counts) == 1 else None
@@ -95,7 +77,7 @@ class ModelGroup:
 
 @dataclass
 class Experiment:
-    """Runs on one dataset with one setting; the unit of Table 1, the figures and Tables 2-5."""
+    """Runs on one dataset with one setting; the unit of Table 1, the figures and the suites' tables."""
 
     dataset: str
     setting: str  # "" or e.g. "epochs=10, subset=1000": the settings that vary between runs
@@ -241,35 +223,6 @@ def table1_rows(experiment: Experiment) -> list[dict[str, Any]]:
                 row[f"paper_{prefix}_{stat}"] = paper
                 row[f"diff_{prefix}_{stat}"] = difference(ours, paper)
         rows.append(row)
-    return rows
-
-
-def jpeg_rows(experiment: Experiment, mode: str, metric: str) -> list[dict[str, Any]]:
-    """Tables 2-5 in long form: one row per (model, quality), mean over seeds, paper, diff."""
-    published_key = {"test_err": "jpeg_test_err", "pocp": "pocp"}[metric]
-    paper_mode = mode == published.paper_jpeg_mode()
-    qualities = published.qualities() if metric == "test_err" else published.qualities()[1:]
-    rows = []
-    for group in experiment.models:
-        for quality in qualities:
-            stats = group.jpeg_stats(mode, metric, quality)
-            paper = paper_value(group, published_key, quality) if paper_mode else NA
-            rows.append({
-                "dataset": experiment.dataset,
-                "setting": experiment.setting,
-                "mode": mode,
-                "paper_table": PAPER_JPEG_TABLES.get((group.family, metric), ""),
-                "family": group.family or "other",
-                "depth": group.depth,
-                "model": group.model,
-                "min_net": group.min_net,
-                "quality": quality,
-                "n_seeds": stats.n,
-                "mean": stats.mean,
-                "std": stats.std,
-                "paper": paper,
-                "diff": difference(stats.mean, paper),
-            })
     return rows
 
 
