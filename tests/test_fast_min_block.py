@@ -266,6 +266,33 @@ def test_inference_mode_gives_the_eval_output():
         assert_close(fast(x), plain(x))
 
 
+@pytest.mark.parametrize("d_in, d_out, stride, projection, size", BLOCKS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_inference_with_trained_statistics_matches_plain(d_in, d_out, stride, projection, size, channels_last):
+    """Without gradients both BatchNorms fold into the fused operator: after a few training
+    steps (running statistics away from 0 and 1) it must give the modules' evaluation output."""
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinBlock(d_in, d_out, stride, projection), MinBlock(d_in, d_out, stride, projection=projection))
+    for _ in range(3):
+        fast(torch.randn(4, d_in, size, size) * 2 + 1)
+    plain.load_state_dict(fast.state_dict())
+    assert float(fast.reduce[1].running_var.sub(1).abs().max()) > 0.01  # the statistics moved
+    plain.eval(), fast.eval()
+    x = torch.randn(3, d_in, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert_close(fast(x), plain(x), name="output")
+
+
+def test_inputs_far_from_zero_mean_keep_their_precision():
+    """The fused operator takes the input's moments uncentred (no centred copy of x): a mean
+    several standard deviations away from 0 must not cost the BatchNorm its precision."""
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinBlock(8, 16, 2), MinBlock(8, 16, 2))
+    assert_same(plain, fast, torch.randn(4, 8, 8, 8) + 10.0)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_a_batch_of_one_matches_plain(stride):
     torch.manual_seed(0)

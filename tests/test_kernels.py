@@ -3,7 +3,8 @@
 The mathematics is checked against a float64 evaluation of the plain composition (two
 depthwise convs, ``F.instance_norm``, ReLU, ``torch.minimum``) over the geometries the kernel
 handles in its own code paths: filter sizes 1 to 7, strides 1 to 3, channel counts that do and
-do not fill its 8-wide vector chunks, maps down to one pixel, a single sample.
+do not fill its vector chunks (16 floats with AVX-512, else 8: both builds are tested), maps
+down to one pixel, a single sample.
 """
 
 from __future__ import annotations
@@ -158,3 +159,45 @@ def test_minnets_native_0_turns_the_kernel_off_quietly(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "tensor(True)"]
     assert "unavailable" not in result.stderr and not any(tmp_path.iterdir())
+
+
+FUSED_AGAINST_FLOAT64 = """
+    import copy
+    import torch
+    from minnets import MinBlock, kernels
+    assert kernels.available()
+    for d_in, d_out, stride, size in ((5, 12, 1, 7), (16, 32, 2, 8), (30, 12, 1, 6)):
+        torch.manual_seed(0)
+        block = MinBlock(d_in, d_out, stride).train()
+        reference = copy.deepcopy(block).double()  # float64 runs the modules
+        x = torch.randn(3, d_in, size, size)
+        results = []
+        for module, dtype, native in ((block, torch.float32, True), (block, torch.float32, False),
+                                      (reference, torch.float64, False)):
+            with kernels.use_native(native):
+                module.zero_grad()
+                xg = x.to(dtype).detach().requires_grad_(True)
+                out = module(xg)
+                out.backward(torch.cos(torch.arange(out.numel(), dtype=dtype)).view_as(out))
+                results.append([out.detach(), xg.grad, *(p.grad for p in module.parameters())])
+        for fused, modules, exact in zip(*results):
+            scale = float(exact.abs().max())
+            print(float((fused.double() - exact).abs().max()) / scale, float((modules.double() - exact).abs().max()) / scale)
+"""
+
+
+@needs_compiler
+@pytest.mark.skipif(sys.platform != "linux" or "avx512f" not in open("/proc/cpuinfo").read(),
+                    reason="the default build here is the 8-wide one, tested above")
+def test_the_8_wide_build_matches_float64(tmp_path):
+    """CPUs without AVX-512 get the 8-float build: built here with -mno-avx512f, a fused block's
+    output and gradients are compared with the modules' in float64."""
+    result = run_python(FUSED_AGAINST_FLOAT64, CC=f"{os.environ.get('CC', 'cc')} -mno-avx512f",
+                        MINNETS_CACHE=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "-mno-avx512f" not in result.stderr  # built, not fallen back to the PyTorch path
+    errors = [tuple(map(float, line.split())) for line in result.stdout.splitlines()]
+    assert len(errors) >= 30
+    # As close to float64 as float32 modules get (BatchNorm's gamma before an instance norm has
+    # a gradient near zero, known to a few digits only, by either path).
+    assert all(fused <= max(1e-5, 3 * modules) for fused, modules in errors), errors

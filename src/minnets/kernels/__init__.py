@@ -38,7 +38,8 @@ import torch
 
 from minnets.files import cache_folder
 
-__all__ = ["available", "enabled", "usable", "use_native", "min_unit_forward", "min_unit_backward", "Expansion", "build"]
+__all__ = ["available", "enabled", "usable", "use_native", "min_unit_forward", "min_unit_backward",
+           "expansion_input_grad", "Expansion", "build"]
 
 SOURCE = Path(__file__).with_name("min_unit.c")
 MAX_KERNEL = 7  # as MAX_KERNEL in the source
@@ -119,11 +120,13 @@ def _load() -> ctypes.CDLL | None:
                           "pure-PyTorch path. Install a C compiler (or set CC) to get it.", RuntimeWarning,
                           stacklevel=3)
             return None
-        pointer, size = ctypes.c_void_p, ctypes.c_long
-        library.minnets_min_unit_forward.argtypes = ([pointer] * 5 + [size] * 6 + [ctypes.c_float, pointer, size]
-                                                     + [pointer] * 2 + [size, ctypes.c_int])
-        library.minnets_min_unit_backward.argtypes = ([pointer] * 8 + [size] * 6 + [ctypes.c_int] + [pointer] * 4
-                                                      + [size] + [pointer] * 3 + [size, ctypes.c_int])
+        pointer, size, flag = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+        library.minnets_min_unit_forward.argtypes = ([pointer] * 5 + [size] * 6 + [ctypes.c_float]
+                                                     + [pointer] * 2 + [flag, size, pointer] + [size] * 3
+                                                     + [pointer] * 2 + [size, flag])
+        library.minnets_min_unit_backward.argtypes = ([pointer] * 8 + [size] * 6 + [flag, pointer] + [size] * 3
+                                                      + [pointer] * 5 + [size] + [pointer] * 2 + [size, flag])
+        library.minnets_expansion_input_grad.argtypes = [pointer] * 2 + [size] * 6 + [pointer] * 2 + [flag]
         _library = library
         return library
 
@@ -173,27 +176,28 @@ def _shape(x: torch.Tensor | None, expansion: Expansion | None) -> tuple[int, in
     """(n, c, h, w) of the unit's input, given or to be computed from the expansion."""
     if expansion is None:
         return tuple(x.shape)
-    n, h, w = expansion.pixels
+    n, _, h, w = expansion.x.shape
     return n, expansion.weights.shape[0], h, w
 
 
 def _expansion_args(expansion: Expansion | None) -> tuple:
+    """The block input's pointer and (sample, pixel, channel) strides, the transposed weights and the bias."""
     if expansion is None:
-        return None, None, None, None, 0, None
-    gradients = (None, None) if expansion.sums is None else (expansion.grad_rows.data_ptr(), expansion.sums.data_ptr())
-    return (expansion.rows.data_ptr(), expansion.folded.data_ptr(), *gradients, expansion.folded.shape[1],
-            expansion.weights_t.data_ptr())
+        return None, 0, 0, 0, None, None
+    return (expansion.x.data_ptr(), *expansion.strides, expansion.weights_t.data_ptr(), expansion.bias.data_ptr())
 
 
 def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int,
-                     eps: float, reduce_weight: torch.Tensor | None = None, expansion: Expansion | None = None
+                     eps: float, reduce_weight: torch.Tensor | None = None, expansion: Expansion | None = None,
+                     reduce_bias: torch.Tensor | None = None, reduce_relu: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``min(ReLU(IN(w_v * x)), ReLU(IN(w_g * x)))`` and the per-sample statistics the backward needs.
 
     With ``reduce_weight`` (a 1x1 conv ``(d_out, channels, 1, 1)``), the output is that conv
-    applied to the unit's output, which itself is never written to memory. With an
-    ``expansion`` instead of ``x`` (None), the unit's input is computed from it, a sample at a
-    time, and never written to memory either.
+    applied to the unit's output (plus ``reduce_bias``, rectified if ``reduce_relu``: a
+    BatchNorm in evaluation folded in), and the unit's output is never written to memory. With
+    an ``expansion`` instead of ``x`` (None), the unit's input is computed from it, a sample at
+    a time, and never written to memory either.
     """
     n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
@@ -204,12 +208,14 @@ def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: t
     stats = torch.empty(n, 4, c)
     taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
     reduce_t = None if reduce_weight is None else reduce_weight.detach().reshape(d_out, c).t().contiguous()
+    bias = None if reduce_bias is None else reduce_bias.detach().contiguous()
     if out.numel():
-        rows, _, _, _, d_in, weights_t = _expansion_args(expansion)
+        block_input, sample, pixel, channel, weights_t, expand_bias = _expansion_args(expansion)
         _check(_load().minnets_min_unit_forward(
             None if x is None else x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), out.data_ptr(),
-            stats.data_ptr(), n, h, w, c, k, stride, eps, None if reduce_t is None else reduce_t.data_ptr(), d_out,
-            rows, weights_t, d_in, torch.get_num_threads()))
+            stats.data_ptr(), n, h, w, c, k, stride, eps, None if reduce_t is None else reduce_t.data_ptr(),
+            None if bias is None else bias.data_ptr(), int(reduce_relu), d_out, block_input, sample, pixel, channel,
+            weights_t, expand_bias, 0 if expansion is None else expansion.d_in, torch.get_num_threads()))
     return out, stats
 
 
@@ -220,10 +226,10 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
     """Gradients of ``x``, both filter banks and ``reduce_weight`` (None without it).
 
     ``input_is_relu`` zeroes x's gradient where ``x == 0``. With ``reduce_weight`` (as in
-    :func:`min_unit_forward`), ``grad`` is the gradient at the reduction's output. With an
-    ``expansion`` instead of ``x`` (None), x's gradient is not returned (None): the kernel
-    recomputes x and goes on through the expansion, filling ``expansion.grad_rows`` and
-    ``expansion.sums``.
+    :func:`min_unit_forward`, without bias or ReLU), ``grad`` is the gradient at the reduction's
+    output. With an ``expansion`` instead of ``x`` (None), x's gradient is not returned (None):
+    the kernel recomputes x and goes on through the expansion, filling ``expansion.grad_rows``
+    and ``expansion.sums``.
     """
     n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
@@ -237,11 +243,14 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
     if expansion is not None:
         expansion.allocate_gradients()
     if n * c * h * w:
-        rows, folded, grad_rows, sums, d_in, weights_t = _expansion_args(expansion)
+        block_input, sample, pixel, channel, weights_t, expand_bias = _expansion_args(expansion)
         _check(_load().minnets_min_unit_backward(
             grad.data_ptr(), None if x is None else x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(),
             stats.data_ptr(), None if grad_x is None else grad_x.data_ptr(), grad_v.data_ptr(), grad_g.data_ptr(),
-            n, h, w, c, k, stride, int(input_is_relu), rows, folded, grad_rows, sums, d_in, weights_t,
+            n, h, w, c, k, stride, int(input_is_relu), block_input, sample, pixel, channel, weights_t, expand_bias,
+            None if expansion is None else expansion.weights.data_ptr(),
+            None if expansion is None else expansion.grad_rows.data_ptr(),
+            None if expansion is None else expansion.sums.data_ptr(), 0 if expansion is None else expansion.d_in,
             None if reduce is None else reduce.data_ptr(), None if grad_reduce is None else grad_reduce.data_ptr(),
             d_out, torch.get_num_threads()))
     if grad_reduce is not None:
@@ -249,33 +258,57 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
     return grad_x, grad_v.t().reshape_as(weight_v), grad_g.t().reshape_as(weight_g), grad_reduce
 
 
+def expansion_input_grad(expansion: Expansion, cross: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``expansion.grad_rows + x @ cross + bias`` at every pixel of the block's input x, in place,
+    as the ``(n, d_in, h, w)`` channels-last gradient of x (``cross``: ``(d_in, d_in)``)."""
+    n, d_in, h, w = expansion.x.shape
+    grad_rows = expansion.grad_rows
+    cross, bias = cross.contiguous(), bias.contiguous()
+    if grad_rows.numel():
+        _load().minnets_expansion_input_grad(grad_rows.data_ptr(), expansion.x.data_ptr(), *expansion.strides, n,
+                                             h * w, d_in, cross.data_ptr(), bias.data_ptr(), torch.get_num_threads())
+    return grad_rows.view(n, h, w, d_in).permute(0, 3, 1, 2)
+
+
 @dataclass
 class Expansion:
     """The 1x1 conv with its BatchNorm folded in, and its ReLU, that make the unit's input in a
     Min-block: the kernel computes that input itself and takes the conv's backward pass too.
 
-    Inputs: ``rows``, the conv's input minus its batch mean with a column of ones,
-    ``(pixels, d_in + 1)`` in channels-last pixel order; ``weights``, ``[folded | bias]``
-    ``(channels, d_in + 1)``, so that the unit's input is ``ReLU(rows @ weights^T)``; ``pixels``,
-    ``(n, h, w)``; float32. Outputs of :func:`min_unit_backward`, allocated by it: ``grad_rows``
-    ``(pixels, d_in)`` receives ``folded^T u`` at every pixel and ``sums`` ``(channels, d_in + 1)``
-    (float64, a transposed view of the kernel's ``rows^T u``) receives ``u^T rows``, with ``u`` the
-    gradient at the ReLU's output.
+    Inputs: ``x``, the block's input ``(n, d_in, h, w)``, NCHW or channels-last (read where it
+    lies); ``weights`` ``(channels, d_in)`` and ``bias`` ``(channels,)``, so that the unit's
+    input is ``ReLU(weights @ x + bias)`` at every pixel; float32. Outputs of
+    :func:`min_unit_backward`, allocated by it: ``grad_rows`` ``(n*h*w, d_in)`` receives
+    ``weights^T u`` at every pixel (channels-last order) and ``sums`` ``(d_in + 1, channels)``
+    (float64) receives ``[x, 1]^T u`` summed over pixels, with ``u`` the gradient at the ReLU's
+    output.
     """
 
-    rows: torch.Tensor
+    x: torch.Tensor
     weights: torch.Tensor
-    pixels: tuple[int, int, int]
-    folded: torch.Tensor = field(init=False)
+    bias: torch.Tensor
     weights_t: torch.Tensor = field(init=False)
     grad_rows: torch.Tensor | None = field(init=False, default=None)
     sums: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.folded = self.weights[:, :-1].contiguous()
+        n, d_in, h, w = self.x.shape
+        if self.x.stride(2) != w * self.x.stride(3):  # pixel p = y*w + x must sit at p * stride(3)
+            self.x = self.x.contiguous()
+        self.weights = self.weights.contiguous()
+        self.bias = self.bias.contiguous()
         self.weights_t = self.weights.t().contiguous()
 
+    @property
+    def d_in(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def strides(self) -> tuple[int, int, int]:
+        """(sample, pixel, channel) strides of x, in floats."""
+        return self.x.stride(0), self.x.stride(3), self.x.stride(1)
+
     def allocate_gradients(self) -> None:
-        pixels, width = self.rows.shape
-        self.grad_rows = self.rows.new_empty(pixels, width - 1)
-        self.sums = torch.zeros(width, self.weights.shape[0], dtype=torch.float64).t()
+        n, d_in, h, w = self.x.shape
+        self.grad_rows = self.x.new_empty(n * h * w, d_in)
+        self.sums = torch.zeros(d_in + 1, self.weights.shape[0], dtype=torch.float64)

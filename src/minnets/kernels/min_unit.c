@@ -351,14 +351,20 @@ static void convolve_backward(const float *restrict x, const float *restrict d_v
  * gradient, and the unit's output and its gradient, never cross main memory. */
 
 /* Both products keep their vectors along a map's channels (the wide side), so no operand is
- * padded: the last vector of a row is partial where the width is not a multiple of CHUNK. */
+ * padded: the last vector of a row is partial where the width is not a multiple of CHUNK. The
+ * narrow operand, read a float at a time, is a strided matrix (Strided), so the block's input
+ * is read where it lies, channels-last or NCHW. */
+
+typedef struct { const float *data; long pixel, channel; } Strided;  /* element (p, m) at data[p * pixel + m * channel] */
+
+INLINE float at(Strided u, long p, long m) { return u.data[p * u.pixel + m * u.channel]; }
 
 #define SUM_TILE_M 4  /* outer_sums: a register tile of 4 rows x up to 4 vectors */
 
-/* sums[m][j] += u[p][m] * rows[p][j] for p in [p0, p1), m in [m0, m0 + mr), j in
+/* sums[m][j] += u(p, m) * rows[p][j] for p in [p0, p1), m in [m0, m0 + mr), j in
  * [j0, j0 + CHUNK * jn) and < width, accumulated in float registers, then added to the double sums. */
-INLINE void outer_sums_tile(const float *restrict u, long c, const float *restrict rows, long width,
-                            double *restrict sums, long p0, long p1, long m0, int mr, long j0, int jn)
+INLINE void outer_sums_tile(Strided u, const float *restrict rows, long width, double *restrict sums, long p0,
+                            long p1, long m0, int mr, long j0, int jn)
 {
     vec acc[SUM_TILE_M][4] = {{{0}}};
     const int last = width - j0 - CHUNK * (jn - 1) < CHUNK ? (int)(width - j0 - CHUNK * (jn - 1)) : CHUNK;
@@ -366,7 +372,7 @@ INLINE void outer_sums_tile(const float *restrict u, long c, const float *restri
         vec r[4];
         for (int jv = 0; jv < jn; ++jv) r[jv] = load(ROW(rows, p, width) + j0 + CHUNK * jv, jv == jn - 1 ? last : CHUNK);
         for (int mi = 0; mi < mr; ++mi) {
-            const float up = ROW(u, p, c)[m0 + mi];
+            const float up = at(u, p, m0 + mi);
             for (int jv = 0; jv < jn; ++jv) acc[mi][jv] += up * r[jv];
         }
     }
@@ -376,82 +382,90 @@ INLINE void outer_sums_tile(const float *restrict u, long c, const float *restri
 }
 
 /* One row of tiles at rows [m, m + mr): up to four vectors at a time across `width`. */
-INLINE void outer_sums_tiles(const float *u, long c, const float *rows, long width, double *sums, long p0, long p1,
-                             long m, int mr)
+INLINE void outer_sums_tiles(Strided u, const float *rows, long width, double *sums, long p0, long p1, long m, int mr)
 {
     const long vectors = (width + CHUNK - 1) / CHUNK;
     for (long jv = 0; jv < vectors; jv += 4) {
         const long left = vectors - jv;
-        if (left >= 4) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 4);
-        else if (left == 3) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 3);
-        else if (left == 2) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 2);
-        else outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 1);
+        if (left >= 4) outer_sums_tile(u, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 4);
+        else if (left == 3) outer_sums_tile(u, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 3);
+        else if (left == 2) outer_sums_tile(u, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 2);
+        else outer_sums_tile(u, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 1);
     }
 }
 
 /* sums (c x width, double) += u^T rows over pixels [0, hw); u is (hw x c), rows (hw x width).
  * Tiles get a compile-time shape, so accumulators stay in registers. */
-static void outer_sums(const float *u, long c, const float *rows, long width, double *sums, long hw)
+static void outer_sums(Strided u, long c, const float *rows, long width, double *sums, long hw)
 {
     for (long p0 = 0; p0 < hw; p0 += BLOCK) {
         const long p1 = block_end(p0, hw);
         long m = 0;
-        for (; m + SUM_TILE_M <= c; m += SUM_TILE_M) outer_sums_tiles(u, c, rows, width, sums, p0, p1, m, SUM_TILE_M);
-        for (; m < c; ++m) outer_sums_tiles(u, c, rows, width, sums, p0, p1, m, 1);
+        for (; m + SUM_TILE_M <= c; m += SUM_TILE_M) outer_sums_tiles(u, rows, width, sums, p0, p1, m, SUM_TILE_M);
+        for (; m < c; ++m) outer_sums_tiles(u, rows, width, sums, p0, p1, m, 1);
     }
 }
 
-#define PRODUCT_TILE_P 4  /* product: a register tile of 4 pixels x 2 vectors, or 8 pixels x 1 */
+/* product: register tiles of up to 16 accumulators, 4 pixels x 4 (or 3) vectors, or 8 pixels x 2 (or 1). */
+#define PRODUCT_PIXELS 8
+#define PRODUCT_VECTORS 4
 
-/* out[p][j] = sum_m u[p][m] * matrix[m][j] for p in [p0, p0 + pn), j in [j0, j0 + CHUNK * jn)
- * and < width (matrix: c x width); rectified if `relu`. */
-INLINE void product_tile(const float *restrict u, long c, const float *restrict matrix, float *restrict out,
-                         long width, long p0, int pn, long j0, int jn, int relu)
+/* What product() does with u @ matrix before storing it: add a bias row (or not), add what
+ * `out` holds (or not), rectify (or not). Applied once per tile, outside the inner loop. */
+typedef struct { const float *bias; int accumulate, relu; } Epilogue;
+
+/* out[p][j] = epilogue(sum_m u(p, m) * matrix[m][j]) for p in [p0, p0 + pn), j in
+ * [j0, j0 + CHUNK * jn) and < width (matrix: c x width). */
+INLINE void product_tile(Strided u, long c, const float *restrict matrix, float *restrict out, long width,
+                         long p0, int pn, long j0, int jn, Epilogue epilogue)
 {
-    vec acc[2 * PRODUCT_TILE_P][2] = {{{0}}};
+    vec acc[PRODUCT_PIXELS][PRODUCT_VECTORS] = {{{0}}};
     const int last = width - j0 - CHUNK * (jn - 1) < CHUNK ? (int)(width - j0 - CHUNK * (jn - 1)) : CHUNK;
     for (long m = 0; m < c; ++m) {
-        vec row[2];
+        vec row[PRODUCT_VECTORS];
         for (int jv = 0; jv < jn; ++jv) row[jv] = load(ROW(matrix, m, width) + j0 + CHUNK * jv, jv == jn - 1 ? last : CHUNK);
         for (int pi = 0; pi < pn; ++pi) {
-            const float up = ROW(u, p0 + pi, c)[m];
+            const float up = at(u, p0 + pi, m);
             for (int jv = 0; jv < jn; ++jv) acc[pi][jv] += up * row[jv];
         }
     }
-    for (int pi = 0; pi < pn; ++pi)
-        for (int jv = 0; jv < jn; ++jv) {
+    for (int jv = 0; jv < jn; ++jv) {
+        const int lanes = jv == jn - 1 ? last : CHUNK;
+        const vec bias = epilogue.bias != NULL ? load(epilogue.bias + j0 + CHUNK * jv, lanes) : (vec){0};
+        for (int pi = 0; pi < pn; ++pi) {
             float *restrict dest = ROW(out, p0 + pi, width) + j0 + CHUNK * jv;
-            const int lanes = jv == jn - 1 ? last : CHUNK;
-            vec value = acc[pi][jv];
-            if (relu) value = (vec)((ivec)value & (value > 0.0f));
+            vec value = acc[pi][jv] + bias;
+            if (epilogue.accumulate) value += load(dest, lanes);
+            if (epilogue.relu) value = (vec)((ivec)value & (value > 0.0f));
             store(dest, value, lanes);
         }
+    }
 }
 
-/* One column of tiles, j in [j0, j0 + CHUNK * jn): PRODUCT_TILE_P * (2 / jn) pixels at a time. */
-INLINE void product_column(const float *u, long c, const float *matrix, float *out, long width, long hw, long j0,
-                           int jn, int relu)
+/* One column of tiles, j in [j0, j0 + CHUNK * jn), over all pixels. */
+INLINE void product_column(Strided u, long c, const float *matrix, float *out, long width, long hw, long j0, int jn,
+                           Epilogue epilogue)
 {
-    const int pn = PRODUCT_TILE_P * (jn == 1 ? 2 : 1);
+    const int pn = jn > 2 ? PRODUCT_PIXELS / 2 : PRODUCT_PIXELS;
     long p0 = 0;
-    for (; p0 + pn <= hw; p0 += pn) product_tile(u, c, matrix, out, width, p0, pn, j0, jn, relu);
-    for (; p0 < hw; ++p0) product_tile(u, c, matrix, out, width, p0, 1, j0, jn, relu);
+    for (; p0 + pn <= hw; p0 += pn) product_tile(u, c, matrix, out, width, p0, pn, j0, jn, epilogue);
+    for (; p0 < hw; ++p0) product_tile(u, c, matrix, out, width, p0, 1, j0, jn, epilogue);
 }
 
-/* out (hw x width) = u (hw x c) @ matrix (c x width), rectified if `relu`. */
-static void product(const float *u, long c, const float *matrix, float *out, long width, long hw, int relu)
+/* out (hw x width) = epilogue(u (hw x c) @ matrix (c x width)). */
+static void product(Strided u, long c, const float *matrix, float *out, long width, long hw, Epilogue epilogue)
 {
     const long vectors = (width + CHUNK - 1) / CHUNK;
-    long jv = 0;
-    for (; jv + 2 <= vectors; jv += 2) {
-        if (relu) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 2, 1);
-        else product_column(u, c, matrix, out, width, hw, CHUNK * jv, 2, 0);
-    }
-    if (jv < vectors) {
-        if (relu) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 1, 1);
-        else product_column(u, c, matrix, out, width, hw, CHUNK * jv, 1, 0);
+    for (long jv = 0; jv < vectors; jv += PRODUCT_VECTORS) {
+        const long left = vectors - jv;
+        if (left >= 4) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 4, epilogue);
+        else if (left == 3) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 3, epilogue);
+        else if (left == 2) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 2, epilogue);
+        else product_column(u, c, matrix, out, width, hw, CHUNK * jv, 1, epilogue);
     }
 }
+
+INLINE Strided rows_of(const float *data, long c) { Strided u = {data, c, 1}; return u; }  /* (hw x c), row-major */
 
 /* The sum over threads of per-thread double arrays (`stride` apart) of `size` values, in thread
  * order, as float or as double. */
@@ -467,25 +481,28 @@ static void sum_threads(const double *partial, int threads, size_t stride, size_
 }
 
 /* Forward pass. With a reduction (reduce_t != NULL: the 1x1 conv after the unit, transposed,
- * (channels x d_out)), `out` receives that conv's output (d_out channels) instead of the unit's.
- * With an expansion (expand_rows != NULL), x is not read but computed a sample at a time, in the
- * cache: x = ReLU(rows @ expand_t), rows = [x_in - mean, 1] (pixels x (d_in + 1)), expand_t =
- * [folded | bias]^T ((d_in + 1) x channels). */
+ * (channels x d_out)), `out` receives that conv's output, plus reduce_bias (or NULL) and
+ * rectified if reduce_relu, instead of the unit's. With an expansion (expand_x != NULL), x is
+ * not read but the unit's input is computed a sample at a time, in the cache, as
+ * ReLU(expand_x @ expand_t + expand_bias): expand_x is the block's input, (pixels x d_in) with
+ * element (n, p, m) at expand_x[n * sample + p * pixel + m * channel], expand_t (d_in x channels). */
 int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g, float *out, float *stats,
                              long batch, long height, long width, long channels, long kernel, long stride,
-                             float eps, const float *reduce_t, long d_out, const float *expand_rows,
-                             const float *expand_t, long d_in, int threads)
+                             float eps, const float *reduce_t, const float *reduce_bias, int reduce_relu, long d_out,
+                             const float *expand_x, long sample, long pixel, long channel, const float *expand_t,
+                             const float *expand_bias, long d_in, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
     const size_t in_size = (size_t)(hw * channels);
     const size_t out_size = (size_t)(hw_out * channels);
     const long out_channels = reduce_t != NULL ? d_out : channels;
+    const Epilogue expand_epilogue = {expand_bias, 0, 1}, reduce_epilogue = {reduce_bias, 0, reduce_relu};
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         const size_t unit_size = reduce_t != NULL ? out_size : 0;  /* the unit's output, before the reduction */
-        const size_t input_size = expand_rows != NULL ? in_size : 0;  /* the unit's input, computed here */
+        const size_t input_size = expand_x != NULL ? in_size : 0;  /* the unit's input, computed here */
         float *scratch = malloc(sizeof(float) * (2 * out_size + (size_t)channels + unit_size + input_size));
         double *sum = malloc(sizeof(double) * (size_t)channels);
         failed = scratch == NULL || sum == NULL;
@@ -495,13 +512,15 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
             if (failed) continue;
             float *dest = out + (size_t)(n * hw_out * out_channels);
             const float *xs = input;
-            if (expand_rows != NULL)
-                product(expand_rows + (size_t)(n * hw * (d_in + 1)), d_in + 1, expand_t, input, channels, hw, 1);
-            else
+            if (expand_x != NULL) {
+                const Strided block_input = {expand_x + n * sample, pixel, channel};
+                product(block_input, d_in, expand_t, input, channels, hw, expand_epilogue);
+            } else {
                 xs = x + n * in_size;
+            }
             forward_sample(xs, w_v, w_g, reduce_t != NULL ? unit : dest, stats + n * 4 * (size_t)channels,
                            v, g, sum, part, &geo, eps);
-            if (reduce_t != NULL) product(unit, channels, reduce_t, dest, d_out, hw_out, 0);
+            if (reduce_t != NULL) product(rows_of(unit, channels), channels, reduce_t, dest, d_out, hw_out, reduce_epilogue);
         }
         free(scratch);
         free(sum);
@@ -510,32 +529,34 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
 }
 
 /* Backward pass.
- * - With an expansion (expand_rows != NULL): x is the ReLU output of a 1x1 conv whose BatchNorm
- *   is folded into `expand_folded` (channels x d_in), applied to the rows [x_in - mean, 1]
- *   (pixels x (d_in + 1)) in `expand_rows`. Then grad_x is not used; with u the gradient at x
- *   (zero where x == 0), expand_grad_rows (pixels x d_in) receives folded^T u at every pixel and
- *   expand_sums ((d_in + 1) x channels, double) the sums rows^T u. With expand_t as well (see the forward
- *   pass), x is not read but recomputed.
+ * - With an expansion (expand_x != NULL, as in the forward pass): x is not read but recomputed,
+ *   and grad_x is not used; with u the gradient at the expansion's ReLU output (zero where it is
+ *   0), expand_grad_rows (pixels x d_in, channels-last) receives expand_folded u at every pixel
+ *   (expand_folded: channels x d_in) and expand_sums ((d_in + 1) x channels, double) the sums
+ *   expand_x^T u and, in its last row, 1^T u.
  * - With a reduction (reduce != NULL: the 1x1 conv after the unit, (d_out x channels)): `grad`
  *   is the gradient at that conv's output (d_out channels), and reduce_sums (d_out x channels,
  *   double) receives the conv's weight gradient. */
 int minnets_min_unit_backward(const float *grad, const float *x, const float *w_v, const float *w_g,
                               const float *stats, float *grad_x, float *grad_w_v, float *grad_w_g,
                               long batch, long height, long width, long channels, long kernel, long stride,
-                              int input_is_relu, const float *expand_rows, const float *expand_folded,
-                              float *expand_grad_rows, double *expand_sums, long d_in, const float *expand_t,
-                              const float *reduce, double *reduce_sums, long d_out,
-                              int threads)
+                              int input_is_relu, const float *expand_x, long sample, long pixel, long channel,
+                              const float *expand_t, const float *expand_bias, const float *expand_folded,
+                              float *expand_grad_rows, double *expand_sums, long d_in,
+                              const float *reduce, double *reduce_sums, long d_out, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
     const size_t in_size = (size_t)(hw * channels);
     const size_t out_size = (size_t)(hw_out * channels);
     const size_t filter_size = (size_t)(kernel * kernel * channels);
-    const int expanding = expand_rows != NULL, reducing = reduce != NULL;
+    const int expanding = expand_x != NULL, reducing = reduce != NULL;
     const size_t expand_size = expanding ? (size_t)((d_in + 1) * channels) : 0;
     const size_t reduce_size = reducing ? (size_t)(d_out * channels) : 0;
     const size_t per_thread = 2 * filter_size + expand_size + reduce_size;  /* dw_v, dw_g, the products' sums */
+    const Epilogue expand_epilogue = {expand_bias, 0, 1}, plain = {NULL, 0, 0};
+    static const float one = 1.0f;
+    const Strided ones = {&one, 0, 0};
     double *partial = calloc((size_t)threads * per_thread, sizeof(double));
     AxisCover *rows = malloc(sizeof(AxisCover) * (size_t)(height + width)), *cols = rows + height;
     if (partial == NULL || rows == NULL) {
@@ -547,34 +568,30 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        const size_t expand_scratch = expanding ? in_size : 0;  /* u */
+        const size_t expand_scratch = expanding ? 2 * in_size : 0;  /* the recomputed input, u */
         const size_t reduce_scratch = reducing ? 2 * out_size : 0;  /* unit output, its gradient */
-        const size_t input_scratch = expand_t != NULL ? in_size : 0;  /* the recomputed input */
         float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels
-                                                 + expand_scratch + reduce_scratch + input_scratch));
+                                                 + expand_scratch + reduce_scratch));
         double *sums = malloc(sizeof(double) * 4 * (size_t)channels);
         double *mine = partial + (size_t)omp_get_thread_num() * per_thread;
         failed = scratch == NULL || sums == NULL;
         float *v = scratch, *g = v + out_size, *dw = g + out_size, *coef = dw + 2 * filter_size;
-        float *part = coef + 4 * channels, *u = part + 4 * channels;
-        float *unit = u + expand_scratch, *unit_grad = unit + (reducing ? out_size : 0);
-        float *input = unit_grad + (reducing ? out_size : 0);
+        float *part = coef + 4 * channels, *input = part + 4 * channels, *u = input + (expanding ? in_size : 0);
+        float *unit = u + (expanding ? in_size : 0), *unit_grad = unit + (reducing ? out_size : 0);
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
             const float *xs = input, *sample_stats = stats + n * 4 * (size_t)channels;
             const float *grad_unit = grad + n * out_size;
-            const float *sample_rows = expanding ? expand_rows + (size_t)(n * hw * (d_in + 1)) : NULL;
-            if (expand_t != NULL)
-                product(sample_rows, d_in + 1, expand_t, input, channels, hw, 1);
-            else
-                xs = x + n * in_size;
+            const Strided block_input = {expanding ? expand_x + n * sample : NULL, pixel, channel};
+            if (expanding) product(block_input, d_in, expand_t, input, channels, hw, expand_epilogue);
+            else xs = x + n * in_size;
             convolve(xs, w_v, w_g, v, g, &geo);
             if (reducing) {
                 const float *grad_reduced = grad + (size_t)(n * hw_out * d_out);
                 min_output(v, g, sample_stats, unit, hw_out, channels, channels);
-                product(grad_reduced, d_out, reduce, unit_grad, channels, hw_out, 0);
-                outer_sums(grad_reduced, d_out, unit, channels, mine + 2 * filter_size + expand_size, hw_out);
+                product(rows_of(grad_reduced, d_out), d_out, reduce, unit_grad, channels, hw_out, plain);
+                outer_sums(rows_of(grad_reduced, d_out), d_out, unit, channels, mine + 2 * filter_size + expand_size, hw_out);
                 grad_unit = unit_grad;
             }
             norm_backward(grad_unit, v, g, sample_stats, hw_out, channels, sums, part, coef);
@@ -582,8 +599,10 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
                               rows, cols, input_is_relu || expanding);
             for (size_t i = 0; i < 2 * filter_size; ++i) mine[i] += dw[i];
             if (expanding) {
-                outer_sums(sample_rows, d_in + 1, u, channels, mine + 2 * filter_size, hw);
-                product(u, channels, expand_folded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw, 0);
+                outer_sums(block_input, d_in, u, channels, mine + 2 * filter_size, hw);
+                outer_sums(ones, 1, u, channels, mine + 2 * filter_size + d_in * channels, hw);
+                product(rows_of(u, channels), channels, expand_folded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw,
+                        plain);
             }
         }
         free(scratch);
@@ -596,4 +615,19 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     free(partial);
     free(rows);
     return failed;
+}
+
+/* grad_rows (pixels x d_in per sample, channels-last) += x @ cross + bias, with x the block's
+ * input as in the forward pass and cross (d_in x d_in): the part of the expansion's input
+ * gradient that goes through its BatchNorm's batch statistics. */
+int minnets_expansion_input_grad(float *grad_rows, const float *x, long sample, long pixel, long channel,
+                                 long batch, long hw, long d_in, const float *cross, const float *bias, int threads)
+{
+    const Epilogue epilogue = {bias, 1, 0};
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (long n = 0; n < batch; ++n) {
+        const Strided block_input = {x + n * sample, pixel, channel};
+        product(block_input, d_in, cross, grad_rows + (size_t)(n * hw * d_in), d_in, hw, epilogue);
+    }
+    return 0;
 }

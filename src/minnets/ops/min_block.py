@@ -1,12 +1,12 @@
 r"""A Min-block's residual branch up to its last BatchNorm as one native CPU operator.
 
 ``minnets::min_block_branch(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps,
-reduce_weight) -> (out, mean, var, stats, rows, gram)`` is ``conv1x1(reduce_weight, MinUnit(ReLU(BN(W x))))``
+reduce_weight) -> (out, mean, var, stats, mean_x, gram)`` is ``conv1x1(reduce_weight, MinUnit(ReLU(BN(W x))))``
 with BatchNorm in training mode (batch statistics): the expansion, the Min-unit for the
 minimum, and the reduction's 1x1 conv. It returns the batch mean and unbiased variance of ``W x``,
 from which the caller (:func:`fused_min_block`) updates the running statistics as
-``nn.BatchNorm2d`` would, and for its backward pass the per-sample statistics, the rows
-``[x - mu, 1]`` and their gram matrix.
+``nn.BatchNorm2d`` would, and for its backward pass the per-sample statistics and the moments of
+x (its mean and ``count`` times its covariance).
 
 Why one operator: the statistics of ``W x`` follow from those of the (narrower) input, mean
 ``W mu`` and variance ``diag(W Sigma W^T)`` with ``Sigma`` its ``d_in x d_in`` covariance, so the
@@ -14,9 +14,10 @@ BatchNorm folds into the conv before the wide maps exist, and the native kernel
 (:mod:`minnets.kernels`, :class:`~minnets.kernels.Expansion`) then computes the expansion's
 output and the unit's output a sample at a time in the cache, applying the reduction there;
 its backward pass recomputes them. None of the block's wide maps (the expansion's and the
-unit's outputs and their gradients) is ever written to memory. The small matrices are computed
-in float64. ``minnets::min_block_branch_inference`` is the same pass with the running
-statistics folded in, for inference without gradients.
+unit's outputs and their gradients) is ever written to memory, and x is read where it lies
+(NCHW or channels-last), never copied. The small matrices are computed in float64.
+``minnets::min_block_branch_inference`` is the same pass with the running statistics of both
+BatchNorms folded in (and the reduction's ReLU applied), for inference without gradients.
 
 Both take float32 CPU tensors; :func:`fused_min_block` says when they apply and otherwise
 returns None, and :class:`minnets.MinBlock` runs its modules, the same mathematics.
@@ -37,117 +38,103 @@ __all__ = ["fused_min_block"]
 _CHANNELS_LAST = torch.channels_last
 
 
-def _rows(x: Tensor) -> Tensor:
-    """A channels-last ``(N, C, H, W)`` tensor as the ``(N*H*W, C)`` matrix it is in memory (a view)."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
-def _pixels(x: Tensor) -> tuple[int, int, int]:
-    return x.shape[0], x.shape[2], x.shape[3]
-
-
-def _maps(rows: Tensor, pixels: tuple[int, int, int]) -> Tensor:
-    """Inverse of :func:`_rows`: ``(N*H*W, C)`` rows as a channels-last ``(N, C, H, W)`` view."""
-    n, h, w = pixels
-    return rows.view(n, h, w, rows.shape[1]).permute(0, 3, 1, 2)
+def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x's per-channel mean and ``count`` times its covariance over batch and pixels, in float64."""
+    n, c, h, w = x.shape
+    count = n * h * w
+    if x.is_contiguous(memory_format=_CHANNELS_LAST) and not x.is_contiguous():
+        rows = x.permute(0, 2, 3, 1).reshape(count, c)  # a view
+        total, raw = rows.sum(dim=0, dtype=torch.float64), (rows.T @ rows).double()
+    else:
+        maps = x.reshape(n, c, h * w)
+        total = maps.sum(dim=(0, 2), dtype=torch.float64)
+        raw = torch.bmm(maps, maps.transpose(1, 2)).double().sum(dim=0)
+    mean = total / max(count, 1)
+    return mean, raw - count * torch.outer(mean, mean)
 
 
 class _Fold(NamedTuple):
     """A 1x1 conv with a training-mode BatchNorm folded in, as forward and backward need it."""
 
-    ones: Tensor  # (count, d_in + 1): [x - mu, 1] per pixel
     w: Tensor  # (f, d_in) the conv's weights, float64
     gram: Tensor  # (d_in, d_in): count * covariance of x, float64
+    count: int  # pixels in the batch
     scale: Tensor  # (f,) 1 / sqrt(var + eps)
     gain: Tensor  # (f,) gamma * scale
-    weights: Tensor  # (f, d_in + 1) [gain * w | beta], x's dtype: ReLU(BN(W x)) = ReLU(ones @ weights^T)
     var: Tensor  # (f,) biased batch variance of W x, float64
+    expansion: kernels.Expansion  # ReLU(BN(W x)) = ReLU(gain * W x + bias), for the kernel
 
 
-def _centred_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``[x - mu, 1]`` per pixel of a channels-last batch, and the mean ``mu``."""
-    rows = _rows(x)
-    count, d_in = rows.shape
-    mean_x = rows.mean(dim=0)
-    ones = rows.new_empty(count, d_in + 1)
-    torch.sub(rows, mean_x, out=ones[:, :d_in])
-    ones[:, d_in] = 1
-    return ones, mean_x
-
-
-def _fold(ones: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, eps: float, gram: Tensor | None = None
-          ) -> _Fold:
-    """The BatchNorm folded into the conv, from the batch's rows ``[x - mu, 1]`` (and their
-    ``gram`` matrix, when the forward pass computed it already)."""
-    count, d_in = ones.shape[0], ones.shape[1] - 1
-    if gram is None:
-        gram = (ones.T @ ones)[:d_in, :d_in].double()
+def _fold(x: Tensor, mean_x: Tensor, gram: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> _Fold:
+    """The BatchNorm folded into the conv, from the batch's moments: ``BN(W x) = gain * W x + bias``
+    with ``bias = beta - gain * W mu``."""
+    n, _, h, w_ = x.shape
+    count = n * h * w_
     w = weight.flatten(1).double()
-    var = ((w @ gram) * w).sum(dim=1) / count
+    var = ((w @ gram) * w).sum(dim=1) / max(count, 1)
     scale = (var + eps).rsqrt()
     gain = gamma.double() * scale
-    # W x - W mu = W (x - mu): with the ones column the bias is part of the product.
-    weights = torch.cat([gain[:, None] * w, beta.double()[:, None]], dim=1).to(ones.dtype)
-    return _Fold(ones, w, gram, scale, gain, weights, var)
+    folded = gain[:, None] * w
+    bias = beta.double() - folded @ mean_x
+    return _Fold(w, gram, count, scale, gain, var, kernels.Expansion(x, folded.to(x.dtype), bias.to(x.dtype)))
 
 
-def _fold_backward(fold: _Fold, sums: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of the conv weight, gamma and beta, and ``cross``, from ``sums = u^T [x - mu, 1]``
-    (``u``: the gradient at the BN output where the ReLU let it through); x's gradient is then
-    ``[x - mu, 1] @ cross + u @ (gain * w)`` at every pixel (BatchNorm's backward, multiplied out)."""
-    count, d_in = fold.ones.shape[0], fold.w.shape[1]
-    w, gain = fold.w, fold.gain
-    u_x, d_beta = sums[:, :d_in], sums[:, d_in]  # sum_m u_m (x_m - mu)^T, sum_m u_m
+def _fold_backward(fold: _Fold, u_x: Tensor, u_sum: Tensor, dtype: torch.dtype
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of the conv weight, gamma and beta, and ``cross`` with its bias, from
+    ``u_x = sum_m u_m (x_m - mu)^T`` and ``u_sum = sum_m u_m`` (``u``: the gradient at the BN
+    output where the ReLU let it through); x's gradient is then ``(gain w)^T u + x @ cross + bias``
+    at every pixel (BatchNorm's backward, multiplied out)."""
+    w, gain, count = fold.w, fold.gain, max(fold.count, 1)
+    d_beta = u_sum
     d_gamma = fold.scale * (u_x * w).sum(dim=1)  # sum_m u_m * normalised_m
     k = gain * fold.scale * d_gamma / count
     d_weight = gain[:, None] * u_x - k[:, None] * (w @ fold.gram)
     # dx_m = W^T d(Wx)_m = (gain w)^T u_m - W^T diag(k) W (x_m - mu) - W^T (gain * d_beta) / count
-    cross = torch.cat([-(w.T * k) @ w, -(w.T @ (gain * d_beta))[None] / count])  # (d_in + 1, d_in)
-    return d_weight.to(dtype).view(-1, d_in, 1, 1), d_gamma.to(dtype), d_beta.to(dtype), cross.to(dtype)
+    cross = -(w.T * k) @ w  # (d_in, d_in)
+    return (d_weight.to(dtype).view(*w.shape, 1, 1), d_gamma.to(dtype), d_beta.to(dtype), cross,
+            -(w.T @ (gain * d_beta)) / count)
 
 
 @torch.library.custom_op("minnets::min_block_branch", mutates_args=(), device_types="cpu")
 def _branch(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float, weight_v: Tensor,
             weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor
             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    x = x.contiguous(memory_format=_CHANNELS_LAST)
-    ones, mean_x = _centred_rows(x)
-    fold = _fold(ones, weight, gamma, beta, bn_eps)
-    count = ones.shape[0]
-    out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight,
-                                          kernels.Expansion(ones, fold.weights, _pixels(x)))
-    mean = (fold.w @ mean_x.double()).to(x.dtype)
-    unbiased = (fold.var * count / max(count - 1, 1)).to(x.dtype)
-    return out, mean, unbiased, stats, ones, fold.gram
+    mean_x, gram = _moments(x)
+    fold = _fold(x, mean_x, gram, weight, gamma, beta, bn_eps)
+    out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, fold.expansion)
+    mean = (fold.w @ mean_x).to(x.dtype)
+    unbiased = (fold.var * fold.count / max(fold.count - 1, 1)).to(x.dtype)
+    return out, mean, unbiased, stats, mean_x, gram
 
 
 @torch.library.custom_op("minnets::min_block_branch_backward", mutates_args=(), device_types="cpu")
-def _branch_backward(grad: Tensor, ones: Tensor, gram: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
-                     bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
-                     reduce_weight: Tensor, n: int, h: int, w: int
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The branch's gradients from the forward pass's rows ``[x - mu, 1]`` and their gram matrix
-    (which replace x, so the block keeps no second copy of its input) of the ``(n, d_in, h, w)`` input."""
-    fold = _fold(ones, weight, gamma, beta, bn_eps, gram)
-    pixels = (n, h, w)
-    expansion = kernels.Expansion(ones, fold.weights, pixels)
+def _branch_backward(grad: Tensor, x: Tensor, mean_x: Tensor, gram: Tensor, weight: Tensor, gamma: Tensor,
+                     beta: Tensor, bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
+                     reduce_weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The branch's gradients from its input x and the moments the forward pass computed."""
+    fold = _fold(x, mean_x, gram, weight, gamma, beta, bn_eps)
+    expansion = fold.expansion
     _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
         grad, None, weight_v, weight_g, stats, stride, True, expansion, reduce_weight)
-    d_weight, d_gamma, d_beta, cross = _fold_backward(fold, expansion.sums, ones.dtype)
-    d_x = _maps(expansion.grad_rows.addmm_(ones, cross), pixels)
+    d_in = x.shape[1]
+    u_sum = expansion.sums[d_in]
+    u_x = expansion.sums[:d_in].T - torch.outer(u_sum, mean_x)  # sum_m u_m (x_m - mu)^T
+    d_weight, d_gamma, d_beta, cross, cross_bias = _fold_backward(fold, u_x, u_sum, x.dtype)
+    # [x - mu] @ cross + cross_bias = x @ cross + (cross_bias - mu @ cross)
+    d_x = kernels.expansion_input_grad(expansion, cross.to(x.dtype), (cross_bias - mean_x @ cross).to(x.dtype))
     # Layouts as the fake implementation promises them: x's gradient channels-last, the rest contiguous.
-    return (d_x.contiguous(memory_format=_CHANNELS_LAST),
-            *(t.contiguous() for t in (d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce)))
+    return (d_x, *(t.contiguous() for t in (d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce)))
 
 
 @torch.library.custom_op("minnets::min_block_branch_inference", mutates_args=(), device_types="cpu")
 def _branch_inference(x: Tensor, weight: Tensor, bias: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int,
-                      eps: float, reduce_weight: Tensor) -> Tensor:
-    """The branch with BatchNorm's running statistics folded into ``weight`` and ``bias``."""
-    x = x.contiguous(memory_format=_CHANNELS_LAST)
-    rows = torch.cat([_rows(x), x.new_ones(x.numel() // x.shape[1], 1)], dim=1)  # [x, 1]
-    expansion = kernels.Expansion(rows, torch.cat([weight.flatten(1), bias[:, None]], dim=1), _pixels(x))
-    return kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, expansion)[0]
+                      eps: float, reduce_weight: Tensor, reduce_bias: Tensor | None, reduce_relu: bool) -> Tensor:
+    """The branch with the expansion's BatchNorm folded into ``weight`` and ``bias`` and, with a
+    ``reduce_bias``, the reduction's into ``reduce_weight`` and ``reduce_bias``."""
+    expansion = kernels.Expansion(x, weight.flatten(1), bias)
+    return kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, expansion,
+                                    reduce_bias, reduce_relu)[0]
 
 
 def _fake_out(x: Tensor, weight_v: Tensor, stride: int, reduce_weight: Tensor) -> Tensor:
@@ -159,29 +146,29 @@ def _fake_out(x: Tensor, weight_v: Tensor, stride: int, reduce_weight: Tensor) -
 
 @_branch.register_fake
 def _(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight):
-    f = weight.shape[0]
+    f, d_in = weight.shape[0], x.shape[1]
     return (_fake_out(x, weight_v, stride, reduce_weight), x.new_empty(f), x.new_empty(f),
-            x.new_empty(x.shape[0], 4, f), x.new_empty(x.numel() // x.shape[1], x.shape[1] + 1),
-            x.new_empty(x.shape[1], x.shape[1], dtype=torch.float64))
+            x.new_empty(x.shape[0], 4, f), x.new_empty(d_in, dtype=torch.float64),
+            x.new_empty(d_in, d_in, dtype=torch.float64))
 
 
 @_branch_backward.register_fake
-def _(grad, ones, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight, n, h, w):
-    d_x = torch.empty(n, ones.shape[1] - 1, h, w, dtype=ones.dtype, device=ones.device, memory_format=_CHANNELS_LAST)
+def _(grad, x, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight):
+    d_x = torch.empty_like(x, memory_format=_CHANNELS_LAST)
     return (d_x, *(
         torch.empty_like(t, memory_format=torch.contiguous_format)
         for t in (weight, gamma, beta, weight_v, weight_g, reduce_weight)))
 
 
 @_branch_inference.register_fake
-def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight):
+def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight, reduce_bias, reduce_relu):
     return _fake_out(x, weight_v, stride, reduce_weight)
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight = inputs
-    ctx.save_for_backward(output[4], output[5], weight, gamma, beta, weight_v, weight_g, output[3], reduce_weight)
-    ctx.bn_eps, ctx.stride, ctx.pixels = bn_eps, stride, _pixels(x)
+    ctx.save_for_backward(x, output[4], output[5], weight, gamma, beta, weight_v, weight_g, output[3], reduce_weight)
+    ctx.bn_eps, ctx.stride = bn_eps, stride
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)  # no zero-filled gradients for the outputs kept for backward
 
@@ -189,9 +176,9 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
 def _backward(ctx, grad: Tensor, *_unused: Tensor) -> tuple:
     if grad is None:  # the output itself was not used
         return (None,) * 10
-    ones, gram, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
-    d = _branch_backward(grad, ones, gram, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g, stats, ctx.stride,
-                         reduce_weight, *ctx.pixels)
+    x, mean_x, gram, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight = ctx.saved_tensors
+    d = _branch_backward(grad, x, mean_x, gram, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g, stats,
+                         ctx.stride, reduce_weight)
     return d[0], d[1], d[2], d[3], None, d[4], d[5], None, None, d[6]
 
 
@@ -261,21 +248,35 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
         return None
     conv, bn = block.expand[0], block.expand[1]
     unit, reduce = block.min_unit, block.reduce
-    wide = x.contiguous(memory_format=_CHANNELS_LAST)
+    filters = (unit.filter_v.weight, unit.filter_g.weight, unit.stride, unit.eps)
     if bn.training or bn.running_mean is None:
-        out, mean, var, *_ = _branch(wide, conv.weight, bn.weight, bn.bias, bn.eps, unit.filter_v.weight,
-                                    unit.filter_g.weight, unit.stride, unit.eps, reduce[0].weight)
+        out, mean, var, *_ = _branch(x, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight)
         if bn.training:
             _running_update(bn, mean, var)
+        branch = reduce[1:](out)
     elif not torch.is_grad_enabled():
         gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
-        out = _branch_inference(wide, conv.weight * gain.view(-1, 1, 1, 1), bn.bias - bn.running_mean * gain,
-                                unit.filter_v.weight, unit.filter_g.weight, unit.stride, unit.eps, reduce[0].weight)
+        expand = (conv.weight * gain.view(-1, 1, 1, 1), bn.bias - bn.running_mean * gain)
+        folded = _evaluation_fold(reduce)
+        if folded is not None:
+            branch = _branch_inference(x, *expand, *filters, *folded, True)
+        else:
+            branch = reduce[1:](_branch_inference(x, *expand, *filters, reduce[0].weight, None, False))
     else:
         return None
-    branch = reduce[1:](out)
     last = x.is_contiguous(memory_format=_CHANNELS_LAST)
     if block.shortcut.projection is None:  # the sum takes the format of its first term, x's
         return block.shortcut(x) + (branch if last else _ChannelsLastGradient.apply(branch))
-    total = block.shortcut(wide) + branch  # the projection's 1x1 conv is faster on the channels-last copy
+    # The projection's 1x1 conv is faster on a channels-last copy of x.
+    total = block.shortcut(x.contiguous(memory_format=_CHANNELS_LAST)) + branch
     return total if last else _ChannelsLastGradient.apply(total).contiguous()
+
+
+def _evaluation_fold(reduce: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """The reduction's 1x1 conv with its BatchNorm's running statistics folded in, as (weight,
+    bias), when ``reduce`` is exactly conv, BatchNorm in evaluation, ReLU; else None."""
+    if not _foldable(reduce) or reduce[1].training or reduce[1].running_mean is None:
+        return None
+    bn = reduce[1]
+    gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    return reduce[0].weight * gain.view(-1, 1, 1, 1), bn.bias - bn.running_mean * gain
