@@ -28,3 +28,15 @@ def test_help_mentions_only_options_the_command_accepts(name: str) -> None:
 
 def test_version_flag_is_listed_in_the_main_help() -> None:
     assert "--version" in PARSER.format_help()
+
+
+def test_the_command_line_starts_without_the_compiler_stack() -> None:
+    """``torch._dynamo`` (and Triton through it) cost over a second at every start: importing
+    the package and its command line must not pull them in."""
+    import subprocess
+    import sys
+
+    code = "import sys, minnets, minnets.cli; print(sorted({'torch._dynamo', 'triton'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

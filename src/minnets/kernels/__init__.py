@@ -29,7 +29,7 @@ import sysconfig
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +147,14 @@ def use_native(enabled: bool) -> Iterator[None]:
         _enabled = before
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn: Callable[[], bool]) -> Callable[[], bool]:
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` (over a
+    second at every start of the command line): that decorator only marks the function so."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def enabled() -> bool:
     """Whether the kernel is built and not turned off by :func:`use_native` (a constant to
     ``torch.compile``, which calls :mod:`minnets.ops`' registered operators, not this module)."""
