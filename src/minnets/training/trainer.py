@@ -269,6 +269,10 @@ class _Trainer:
             model = nn.parallel.DistributedDataParallel(
                 distributed.sync_batchnorm(net, device), device_ids=[device.index] if device.type == "cuda" else None
             )
+        elif config.float64 and device.type == "cpu":
+            # torch's CPU BatchNorm is up to 4e-13 off in float64, the two-pass one (what several
+            # processes run) 1e-14 at most: one process then reproduces several (see distributed).
+            distributed.two_pass_batchnorm(net)
         if config.compile:
             model = torch.compile(model)
 
