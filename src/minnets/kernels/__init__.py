@@ -123,10 +123,10 @@ def _load() -> ctypes.CDLL | None:
         pointer, size, flag = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
         library.minnets_min_unit_forward.argtypes = ([pointer] * 5 + [size] * 6 + [ctypes.c_float]
                                                      + [pointer] * 2 + [flag, size, pointer] + [size] * 3
-                                                     + [pointer] * 2 + [size, flag])
+                                                     + [pointer] * 2 + [size, flag, flag])
         library.minnets_min_unit_backward.argtypes = ([pointer] * 8 + [size] * 6 + [flag, pointer] + [size] * 3
-                                                      + [pointer] * 5 + [size] + [pointer] * 2 + [size, flag])
-        library.minnets_expansion_input_grad.argtypes = [pointer] * 2 + [size] * 6 + [pointer] * 2 + [flag]
+                                                      + [pointer] * 5 + [size] + [pointer] * 2 + [size, flag, flag])
+        library.minnets_expansion_input_grad.argtypes = [pointer] * 2 + [size] * 6 + [pointer] * 3 + [flag]
         _library = library
         return library
 
@@ -196,22 +196,24 @@ def _expansion_args(expansion: Expansion | None) -> tuple:
 
 def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int,
                      eps: float, reduce_weight: torch.Tensor | None = None, expansion: Expansion | None = None,
-                     reduce_bias: torch.Tensor | None = None, reduce_relu: bool = False
+                     reduce_bias: torch.Tensor | None = None, reduce_relu: bool = False, maps: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``min(ReLU(IN(w_v * x)), ReLU(IN(w_g * x)))`` and the per-sample statistics the backward needs.
 
     With ``reduce_weight`` (a 1x1 conv ``(d_out, channels, 1, 1)``), the output is that conv
     applied to the unit's output (plus ``reduce_bias``, rectified if ``reduce_relu``: a
-    BatchNorm in evaluation folded in), and the unit's output is never written to memory. With
-    an ``expansion`` instead of ``x`` (None), the unit's input is computed from it, a sample at
-    a time, and never written to memory either.
+    BatchNorm in evaluation folded in), and the unit's output is never written to memory; the
+    output is then NCHW with ``maps``, channels-last without. With an ``expansion`` instead of
+    ``x`` (None), the unit's input is computed from it, a sample at a time, and never written to
+    memory either.
     """
     n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
     pad = k // 2  # as the module's convs: "same" padding for odd k
     size = ((h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
     d_out = c if reduce_weight is None else reduce_weight.shape[0]
-    out = torch.empty(n, d_out, *size, memory_format=torch.channels_last)
+    maps = maps and reduce_weight is not None
+    out = torch.empty(n, d_out, *size, memory_format=torch.contiguous_format if maps else torch.channels_last)
     stats = torch.empty(n, 4, c)
     taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
     reduce_t = None if reduce_weight is None else reduce_weight.detach().reshape(d_out, c).t().contiguous()
@@ -222,7 +224,7 @@ def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: t
             None if x is None else x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), out.data_ptr(),
             stats.data_ptr(), n, h, w, c, k, stride, eps, None if reduce_t is None else reduce_t.data_ptr(),
             None if bias is None else bias.data_ptr(), int(reduce_relu), d_out, block_input, sample, pixel, channel,
-            weights_t, expand_bias, 0 if expansion is None else expansion.d_in, torch.get_num_threads()))
+            weights_t, expand_bias, 0 if expansion is None else expansion.d_in, int(maps), torch.get_num_threads()))
     return out, stats
 
 
@@ -234,14 +236,15 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
 
     ``input_is_relu`` zeroes x's gradient where ``x == 0``. With ``reduce_weight`` (as in
     :func:`min_unit_forward`, without bias or ReLU), ``grad`` is the gradient at the reduction's
-    output. With an ``expansion`` instead of ``x`` (None), x's gradient is not returned (None):
+    output (NCHW or channels-last). With an ``expansion`` instead of ``x`` (None), x's gradient is not returned (None):
     the kernel recomputes x and goes on through the expansion, filling ``expansion.grad_rows``
     and ``expansion.sums``.
     """
     n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
     d_out = 0 if reduce_weight is None else reduce_weight.shape[0]
-    grad = grad.contiguous(memory_format=torch.channels_last)
+    maps = reduce_weight is not None and grad.is_contiguous()
+    grad = grad if maps else grad.contiguous(memory_format=torch.channels_last)
     grad_x = None if expansion is not None else torch.empty_like(x, memory_format=torch.channels_last)
     taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
     grad_v, grad_g = torch.zeros(k * k, c), torch.zeros(k * k, c)
@@ -259,22 +262,26 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
             None if expansion is None else expansion.grad_rows.data_ptr(),
             None if expansion is None else expansion.sums.data_ptr(), 0 if expansion is None else expansion.d_in,
             None if reduce is None else reduce.data_ptr(), None if grad_reduce is None else grad_reduce.data_ptr(),
-            d_out, torch.get_num_threads()))
+            d_out, int(maps), torch.get_num_threads()))
     if grad_reduce is not None:
         grad_reduce = grad_reduce.to(reduce_weight.dtype).view_as(reduce_weight)
     return grad_x, grad_v.t().reshape_as(weight_v), grad_g.t().reshape_as(weight_g), grad_reduce
 
 
-def expansion_input_grad(expansion: Expansion, cross: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``expansion.grad_rows + x @ cross + bias`` at every pixel of the block's input x, in place,
-    as the ``(n, d_in, h, w)`` channels-last gradient of x (``cross``: ``(d_in, d_in)``)."""
+def expansion_input_grad(expansion: Expansion, cross: torch.Tensor, bias: torch.Tensor, maps: bool = False
+                         ) -> torch.Tensor:
+    """``expansion.grad_rows + x @ cross + bias`` at every pixel of the block's input x (in place),
+    as the ``(n, d_in, h, w)`` gradient of x (``cross``: ``(d_in, d_in)``): NCHW with ``maps``,
+    else channels-last."""
     n, d_in, h, w = expansion.x.shape
     grad_rows = expansion.grad_rows
     cross, bias = cross.contiguous(), bias.contiguous()
+    out = torch.empty(n, d_in, h, w) if maps else grad_rows.view(n, h, w, d_in).permute(0, 3, 1, 2)
     if grad_rows.numel():
-        _load().minnets_expansion_input_grad(grad_rows.data_ptr(), expansion.x.data_ptr(), *expansion.strides, n,
-                                             h * w, d_in, cross.data_ptr(), bias.data_ptr(), torch.get_num_threads())
-    return grad_rows.view(n, h, w, d_in).permute(0, 3, 1, 2)
+        _check(_load().minnets_expansion_input_grad(grad_rows.data_ptr(), expansion.x.data_ptr(), *expansion.strides,
+                                                    n, h * w, d_in, cross.data_ptr(), bias.data_ptr(),
+                                                    out.data_ptr() if maps else None, torch.get_num_threads()))
+    return out
 
 
 @dataclass

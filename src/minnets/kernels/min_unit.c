@@ -304,45 +304,88 @@ INLINE Cover cover(const AxisCover *rows, const AxisCover *cols, const Geometry 
     return cov;
 }
 
-/* Both convolutions' backward at one input pixel q, channels [k0, k0 + width): x's gradient,
- * gathered from the output pixels whose window covers q (written once, zeroed where a ReLU
- * before the unit was off), and those pairs' terms of the filter gradients. */
-INLINE void convolve_backward_pixel(const float *x, const float *d_v, const float *d_g, const float *w_v,
-                                    const float *w_g, float *d_x, float *dw_v, float *dw_g, long c, long q,
-                                    const Cover *cov, long k0, int width, int input_is_relu)
+/* x's gradient at one input pixel q, channels [k0, k0 + width), gathered from the output pixels
+ * whose window covers q (written once, zeroed where a ReLU before the unit was off). */
+INLINE void input_gradient_pixel(const float *x, const float *d_v, const float *d_g, const float *w_v,
+                                 const float *w_g, float *d_x, long c, long q, const Cover *cov, long k0, int width,
+                                 int input_is_relu)
 {
-    const vec xq = load(ROW(x, q, c) + k0, width);
-    vec acc = {0};
-    for (long n = 0; n < cov->count; ++n) {
-        const long p = cov->p[n], t = cov->t[n];
-        const vec dv = load(ROW(d_v, p, c) + k0, width), dg = load(ROW(d_g, p, c) + k0, width);
-        acc += dv * load(ROW(w_v, t, c) + k0, width) + dg * load(ROW(w_g, t, c) + k0, width);
-        store(ROW(dw_v, t, c) + k0, load(ROW(dw_v, t, c) + k0, width) + dv * xq, width);
-        store(ROW(dw_g, t, c) + k0, load(ROW(dw_g, t, c) + k0, width) + dg * xq, width);
+    vec acc[4] = {0};  /* four independent chains of multiply-adds: v and g, even and odd terms */
+    long n = 0;
+    for (; n + 2 <= cov->count; n += 2)
+        for (int e = 0; e < 2; ++e) {
+            const long p = cov->p[n + e] * c + k0, t = cov->t[n + e] * c + k0;
+            acc[2 * e] += load(d_v + p, width) * load(w_v + t, width);
+            acc[2 * e + 1] += load(d_g + p, width) * load(w_g + t, width);
+        }
+    if (n < cov->count) {
+        const long p = cov->p[n] * c + k0, t = cov->t[n] * c + k0;
+        acc[0] += load(d_v + p, width) * load(w_v + t, width);
+        acc[1] += load(d_g + p, width) * load(w_g + t, width);
     }
-    if (input_is_relu) acc = (vec)((ivec)acc & (xq > 0.0f));
-    store(ROW(d_x, q, c) + k0, acc, width);
+    acc[0] = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    if (input_is_relu) acc[0] = (vec)((ivec)acc[0] & (load(ROW(x, q, c) + k0, width) > 0.0f));
+    store(ROW(d_x, q, c) + k0, acc[0], width);
 }
 
+/* The filter gradients of one sample, channels [k0, k0 + width): dw[t] = sum_p d[p] * x[q(p, t)]
+ * over the output pixels p. For 3x3 filters the nine taps of both filters sum in registers over
+ * the pixels whose window lies inside the input; border pixels (and other sizes) add into dw. */
+INLINE void filter_gradients_chunk(const float *restrict x, const float *restrict d_v, const float *restrict d_g,
+                                   float *restrict dw_v, float *restrict dw_g, const Geometry *geo, long k0, int width)
+{
+    const long c = geo->channels, k = geo->kernel;
+    vec acc_v[9] = {0}, acc_g[9] = {0};
+    for (long oy = 0; oy < geo->out_height; ++oy)
+        for (long ox = 0; ox < geo->out_width; ++ox) {
+            const Window win = window(geo, oy, ox);
+            const long p = oy * geo->out_width + ox;
+            const vec dv = load(ROW(d_v, p, c) + k0, width), dg = load(ROW(d_g, p, c) + k0, width);
+            if (k == 3 && win.i_lo == 0 && win.i_hi == 3 && win.j_lo == 0 && win.j_hi == 3) {
+                for (int i = 0; i < 3; ++i)
+                    for (int j = 0; j < 3; ++j) {
+                        const vec xq = load(ROW(x, (win.y0 + i) * geo->width + win.x0 + j, c) + k0, width);
+                        acc_v[3 * i + j] += dv * xq;
+                        acc_g[3 * i + j] += dg * xq;
+                    }
+                continue;
+            }
+            for (long i = win.i_lo; i < win.i_hi; ++i)
+                for (long j = win.j_lo; j < win.j_hi; ++j) {
+                    const long t = i * k + j;
+                    const vec xq = load(ROW(x, (win.y0 + i) * geo->width + win.x0 + j, c) + k0, width);
+                    store(ROW(dw_v, t, c) + k0, load(ROW(dw_v, t, c) + k0, width) + dv * xq, width);
+                    store(ROW(dw_g, t, c) + k0, load(ROW(dw_g, t, c) + k0, width) + dg * xq, width);
+                }
+        }
+    if (k != 3) return;
+    for (int t = 0; t < 9; ++t) {
+        store(ROW(dw_v, t, c) + k0, load(ROW(dw_v, t, c) + k0, width) + acc_v[t], width);
+        store(ROW(dw_g, t, c) + k0, load(ROW(dw_g, t, c) + k0, width) + acc_g[t], width);
+    }
+}
+
+/* Both convolutions' backward for one sample: x's gradient into d_x, the filters' into dw_v, dw_g. */
 static void convolve_backward(const float *restrict x, const float *restrict d_v, const float *restrict d_g,
                               const float *restrict w_v, const float *restrict w_g, float *restrict d_x,
                               float *restrict dw_v, float *restrict dw_g, const Geometry *geo,
                               const AxisCover *rows, const AxisCover *cols, int input_is_relu)
 {
     const long c = geo->channels, taps = geo->kernel * geo->kernel;
-    memset(dw_v, 0, sizeof(float) * (size_t)(taps * c));
-    memset(dw_g, 0, sizeof(float) * (size_t)(taps * c));
     for (long iy = 0; iy < geo->height; ++iy)
         for (long ix = 0; ix < geo->width; ++ix) {
             const Cover cov = cover(rows + iy, cols + ix, geo);
             const long q = iy * geo->width + ix;
             long k0 = 0;
             for (; k0 + CHUNK <= c; k0 += CHUNK)
-                convolve_backward_pixel(x, d_v, d_g, w_v, w_g, d_x, dw_v, dw_g, c, q, &cov, k0, CHUNK, input_is_relu);
-            if (k0 < c)
-                convolve_backward_pixel(x, d_v, d_g, w_v, w_g, d_x, dw_v, dw_g, c, q, &cov, k0, (int)(c - k0),
-                                        input_is_relu);
+                input_gradient_pixel(x, d_v, d_g, w_v, w_g, d_x, c, q, &cov, k0, CHUNK, input_is_relu);
+            if (k0 < c) input_gradient_pixel(x, d_v, d_g, w_v, w_g, d_x, c, q, &cov, k0, (int)(c - k0), input_is_relu);
         }
+    memset(dw_v, 0, sizeof(float) * (size_t)(taps * c));
+    memset(dw_g, 0, sizeof(float) * (size_t)(taps * c));
+    long k0 = 0;
+    for (; k0 + CHUNK <= c; k0 += CHUNK) filter_gradients_chunk(x, d_v, d_g, dw_v, dw_g, geo, k0, CHUNK);
+    if (k0 < c) filter_gradients_chunk(x, d_v, d_g, dw_v, dw_g, geo, k0, (int)(c - k0));
 }
 
 /* Small matrix products around the unit, done in register tiles while their operands are in
@@ -352,19 +395,14 @@ static void convolve_backward(const float *restrict x, const float *restrict d_v
 
 /* Both products keep their vectors along a map's channels (the wide side), so no operand is
  * padded: the last vector of a row is partial where the width is not a multiple of CHUNK. The
- * narrow operand, read a float at a time, is a strided matrix (Strided), so the block's input
- * is read where it lies, channels-last or NCHW. */
-
-typedef struct { const float *data; long pixel, channel; } Strided;  /* element (p, m) at data[p * pixel + m * channel] */
-
-INLINE float at(Strided u, long p, long m) { return u.data[p * u.pixel + m * u.channel]; }
+ * narrow operand `u`, (hw x c) row-major, is read a float at a time. */
 
 #define SUM_TILE_M 4  /* outer_sums: a register tile of 4 rows x up to 4 vectors */
 
-/* sums[m][j] += u(p, m) * rows[p][j] for p in [p0, p1), m in [m0, m0 + mr), j in
+/* sums[m][j] += u[p][m] * rows[p][j] for p in [p0, p1), m in [m0, m0 + mr), j in
  * [j0, j0 + CHUNK * jn) and < width, accumulated in float registers, then added to the double sums. */
-INLINE void outer_sums_tile(Strided u, const float *restrict rows, long width, double *restrict sums, long p0,
-                            long p1, long m0, int mr, long j0, int jn)
+INLINE void outer_sums_tile(const float *restrict u, long c, const float *restrict rows, long width,
+                            double *restrict sums, long p0, long p1, long m0, int mr, long j0, int jn)
 {
     vec acc[SUM_TILE_M][4] = {{{0}}};
     const int last = width - j0 - CHUNK * (jn - 1) < CHUNK ? (int)(width - j0 - CHUNK * (jn - 1)) : CHUNK;
@@ -372,37 +410,55 @@ INLINE void outer_sums_tile(Strided u, const float *restrict rows, long width, d
         vec r[4];
         for (int jv = 0; jv < jn; ++jv) r[jv] = load(ROW(rows, p, width) + j0 + CHUNK * jv, jv == jn - 1 ? last : CHUNK);
         for (int mi = 0; mi < mr; ++mi) {
-            const float up = at(u, p, m0 + mi);
+            const float up = ROW(u, p, c)[m0 + mi];
             for (int jv = 0; jv < jn; ++jv) acc[mi][jv] += up * r[jv];
         }
     }
     for (int mi = 0; mi < mr; ++mi)
-        for (int jv = 0; jv < jn; ++jv)
-            for (int l = 0; l < (jv == jn - 1 ? last : CHUNK); ++l) ROW(sums, m0 + mi, width)[j0 + CHUNK * jv + l] += acc[mi][jv][l];
+        for (int jv = 0; jv < jn; ++jv) {
+            float lanes[CHUNK];  /* a copy, so that acc is only ever indexed by constants and stays in registers */
+            memcpy(lanes, &acc[mi][jv], sizeof lanes);
+            double *restrict dest = ROW(sums, m0 + mi, width) + j0 + CHUNK * jv;
+            for (int l = 0; l < (jv == jn - 1 ? last : CHUNK); ++l) dest[l] += lanes[l];
+        }
 }
 
 /* One row of tiles at rows [m, m + mr): up to four vectors at a time across `width`. */
-INLINE void outer_sums_tiles(Strided u, const float *rows, long width, double *sums, long p0, long p1, long m, int mr)
+INLINE void outer_sums_tiles(const float *u, long c, const float *rows, long width, double *sums, long p0, long p1,
+                             long m, int mr)
 {
     const long vectors = (width + CHUNK - 1) / CHUNK;
     for (long jv = 0; jv < vectors; jv += 4) {
         const long left = vectors - jv;
-        if (left >= 4) outer_sums_tile(u, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 4);
-        else if (left == 3) outer_sums_tile(u, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 3);
-        else if (left == 2) outer_sums_tile(u, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 2);
-        else outer_sums_tile(u, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 1);
+        if (left >= 4) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 4);
+        else if (left == 3) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 3);
+        else if (left == 2) outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 2);
+        else outer_sums_tile(u, c, rows, width, sums, p0, p1, m, mr, CHUNK * jv, 1);
     }
 }
 
 /* sums (c x width, double) += u^T rows over pixels [0, hw); u is (hw x c), rows (hw x width).
  * Tiles get a compile-time shape, so accumulators stay in registers. */
-static void outer_sums(Strided u, long c, const float *rows, long width, double *sums, long hw)
+static void outer_sums(const float *u, long c, const float *rows, long width, double *sums, long hw)
 {
     for (long p0 = 0; p0 < hw; p0 += BLOCK) {
         const long p1 = block_end(p0, hw);
         long m = 0;
-        for (; m + SUM_TILE_M <= c; m += SUM_TILE_M) outer_sums_tiles(u, rows, width, sums, p0, p1, m, SUM_TILE_M);
-        for (; m < c; ++m) outer_sums_tiles(u, rows, width, sums, p0, p1, m, 1);
+        for (; m + SUM_TILE_M <= c; m += SUM_TILE_M) outer_sums_tiles(u, c, rows, width, sums, p0, p1, m, SUM_TILE_M);
+        for (; m < c; ++m) outer_sums_tiles(u, c, rows, width, sums, p0, p1, m, 1);
+    }
+}
+
+/* sum[k] += sum_p rows[p][k] over pixels [0, hw) (rows: hw x c), in float blocks and double. */
+static void column_sums(const float *restrict rows, long c, long hw, double *restrict sum, float *restrict part)
+{
+    memset(part, 0, sizeof(float) * (size_t)c);
+    for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+        for (long p = p0; p < block_end(p0, hw); ++p) {
+            const float *restrict row = ROW(rows, p, c);
+            for (long k = 0; k < c; ++k) part[k] += row[k];
+        }
+        flush(sum, part, c);
     }
 }
 
@@ -410,14 +466,11 @@ static void outer_sums(Strided u, long c, const float *rows, long width, double 
 #define PRODUCT_PIXELS 8
 #define PRODUCT_VECTORS 4
 
-/* What product() does with u @ matrix before storing it: add a bias row (or not), add what
- * `out` holds (or not), rectify (or not). Applied once per tile, outside the inner loop. */
-typedef struct { const float *bias; int accumulate, relu; } Epilogue;
-
-/* out[p][j] = epilogue(sum_m u(p, m) * matrix[m][j]) for p in [p0, p0 + pn), j in
- * [j0, j0 + CHUNK * jn) and < width (matrix: c x width). */
-INLINE void product_tile(Strided u, long c, const float *restrict matrix, float *restrict out, long width,
-                         long p0, int pn, long j0, int jn, Epilogue epilogue)
+/* out[p][j] = sum_m u[p][m] * matrix[m][j] (+ bias[j] where bias != NULL, + out[p][j] if
+ * `accumulate`, rectified if `relu`) for p in [p0, p0 + pn), j in [j0, j0 + CHUNK * jn) and
+ * < width (matrix: c x width). The additions and the ReLU come once per tile, after the loop. */
+INLINE void product_tile(const float *restrict u, long c, const float *restrict matrix, float *restrict out,
+                         long width, long p0, int pn, long j0, int jn, const float *bias, int accumulate, int relu)
 {
     vec acc[PRODUCT_PIXELS][PRODUCT_VECTORS] = {{{0}}};
     const int last = width - j0 - CHUNK * (jn - 1) < CHUNK ? (int)(width - j0 - CHUNK * (jn - 1)) : CHUNK;
@@ -425,47 +478,75 @@ INLINE void product_tile(Strided u, long c, const float *restrict matrix, float 
         vec row[PRODUCT_VECTORS];
         for (int jv = 0; jv < jn; ++jv) row[jv] = load(ROW(matrix, m, width) + j0 + CHUNK * jv, jv == jn - 1 ? last : CHUNK);
         for (int pi = 0; pi < pn; ++pi) {
-            const float up = at(u, p0 + pi, m);
+            const float up = ROW(u, p0 + pi, c)[m];
             for (int jv = 0; jv < jn; ++jv) acc[pi][jv] += up * row[jv];
         }
     }
     for (int jv = 0; jv < jn; ++jv) {
         const int lanes = jv == jn - 1 ? last : CHUNK;
-        const vec bias = epilogue.bias != NULL ? load(epilogue.bias + j0 + CHUNK * jv, lanes) : (vec){0};
+        const vec offset = bias != NULL ? load(bias + j0 + CHUNK * jv, lanes) : (vec){0};
         for (int pi = 0; pi < pn; ++pi) {
             float *restrict dest = ROW(out, p0 + pi, width) + j0 + CHUNK * jv;
-            vec value = acc[pi][jv] + bias;
-            if (epilogue.accumulate) value += load(dest, lanes);
-            if (epilogue.relu) value = (vec)((ivec)value & (value > 0.0f));
+            vec value = acc[pi][jv] + offset;
+            if (accumulate) value += load(dest, lanes);
+            if (relu) value = (vec)((ivec)value & (value > 0.0f));
             store(dest, value, lanes);
         }
     }
 }
 
 /* One column of tiles, j in [j0, j0 + CHUNK * jn), over all pixels. */
-INLINE void product_column(Strided u, long c, const float *matrix, float *out, long width, long hw, long j0, int jn,
-                           Epilogue epilogue)
+INLINE void product_column(const float *u, long c, const float *matrix, float *out, long width, long hw, long j0,
+                           int jn, const float *bias, int accumulate, int relu)
 {
     const int pn = jn > 2 ? PRODUCT_PIXELS / 2 : PRODUCT_PIXELS;
     long p0 = 0;
-    for (; p0 + pn <= hw; p0 += pn) product_tile(u, c, matrix, out, width, p0, pn, j0, jn, epilogue);
-    for (; p0 < hw; ++p0) product_tile(u, c, matrix, out, width, p0, 1, j0, jn, epilogue);
+    for (; p0 + pn <= hw; p0 += pn) product_tile(u, c, matrix, out, width, p0, pn, j0, jn, bias, accumulate, relu);
+    for (; p0 < hw; ++p0) product_tile(u, c, matrix, out, width, p0, 1, j0, jn, bias, accumulate, relu);
 }
 
-/* out (hw x width) = epilogue(u (hw x c) @ matrix (c x width)). */
-static void product(Strided u, long c, const float *matrix, float *out, long width, long hw, Epilogue epilogue)
+INLINE void product_columns(const float *u, long c, const float *matrix, float *out, long width, long hw,
+                            const float *bias, int accumulate, int relu)
 {
     const long vectors = (width + CHUNK - 1) / CHUNK;
     for (long jv = 0; jv < vectors; jv += PRODUCT_VECTORS) {
         const long left = vectors - jv;
-        if (left >= 4) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 4, epilogue);
-        else if (left == 3) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 3, epilogue);
-        else if (left == 2) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 2, epilogue);
-        else product_column(u, c, matrix, out, width, hw, CHUNK * jv, 1, epilogue);
+        if (left >= 4) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 4, bias, accumulate, relu);
+        else if (left == 3) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 3, bias, accumulate, relu);
+        else if (left == 2) product_column(u, c, matrix, out, width, hw, CHUNK * jv, 2, bias, accumulate, relu);
+        else product_column(u, c, matrix, out, width, hw, CHUNK * jv, 1, bias, accumulate, relu);
     }
 }
 
-INLINE Strided rows_of(const float *data, long c) { Strided u = {data, c, 1}; return u; }  /* (hw x c), row-major */
+/* out (hw x width) = u (hw x c) @ matrix (c x width) + bias (or NULL), then (+ out if
+ * `accumulate`) rectified if `relu`; one compiled copy per combination of the two flags used. */
+static void product(const float *u, long c, const float *matrix, float *out, long width, long hw, const float *bias,
+                    int accumulate, int relu)
+{
+    if (relu) product_columns(u, c, matrix, out, width, hw, bias, 0, 1);
+    else if (accumulate) product_columns(u, c, matrix, out, width, hw, bias, 1, 0);
+    else product_columns(u, c, matrix, out, width, hw, bias, 0, 0);
+}
+
+/* Sample n of the block's input as (hw x d_in) rows, with element (p, m) at
+ * x[n * sample + p * pixel + m * channel]: where it lies if channels-last, else transposed into
+ * `scratch` (hw * d_in floats), which the products then read contiguously. */
+static const float *sample_rows(const float *x, long n, long sample, long pixel, long channel, long hw, long d_in,
+                                float *restrict scratch)
+{
+    const float *base = x + n * sample;
+    if (channel == 1 && pixel == d_in) return base;
+    for (long p = 0; p < hw; ++p)
+        for (long m = 0; m < d_in; ++m) scratch[p * d_in + m] = base[p * pixel + m * channel];
+    return scratch;
+}
+
+/* (hw x c) rows as the c maps of one NCHW sample: maps[k * hw + p] = rows[p * c + k]. */
+static void rows_to_maps(const float *restrict rows, long hw, long c, float *restrict maps)
+{
+    for (long k = 0; k < c; ++k)
+        for (long p = 0; p < hw; ++p) maps[k * hw + p] = rows[p * c + k];
+}
 
 /* The sum over threads of per-thread double arrays (`stride` apart) of `size` values, in thread
  * order, as float or as double. */
@@ -485,24 +566,26 @@ static void sum_threads(const double *partial, int threads, size_t stride, size_
  * rectified if reduce_relu, instead of the unit's. With an expansion (expand_x != NULL), x is
  * not read but the unit's input is computed a sample at a time, in the cache, as
  * ReLU(expand_x @ expand_t + expand_bias): expand_x is the block's input, (pixels x d_in) with
- * element (n, p, m) at expand_x[n * sample + p * pixel + m * channel], expand_t (d_in x channels). */
+ * element (n, p, m) at expand_x[n * sample + p * pixel + m * channel], expand_t (d_in x channels).
+ * `out` is channels-last, or with a reduction and out_maps, NCHW. */
 int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g, float *out, float *stats,
                              long batch, long height, long width, long channels, long kernel, long stride,
                              float eps, const float *reduce_t, const float *reduce_bias, int reduce_relu, long d_out,
                              const float *expand_x, long sample, long pixel, long channel, const float *expand_t,
-                             const float *expand_bias, long d_in, int threads)
+                             const float *expand_bias, long d_in, int out_maps, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
     const size_t in_size = (size_t)(hw * channels);
     const size_t out_size = (size_t)(hw_out * channels);
     const long out_channels = reduce_t != NULL ? d_out : channels;
-    const Epilogue expand_epilogue = {expand_bias, 0, 1}, reduce_epilogue = {reduce_bias, 0, reduce_relu};
+    const int transposing = reduce_t != NULL && out_maps;
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        const size_t unit_size = reduce_t != NULL ? out_size : 0;  /* the unit's output, before the reduction */
-        const size_t input_size = expand_x != NULL ? in_size : 0;  /* the unit's input, computed here */
+        /* the unit's output, before the reduction, and the reduction's as rows */
+        const size_t unit_size = reduce_t != NULL ? out_size + (transposing ? (size_t)(hw_out * d_out) : 0) : 0;
+        const size_t input_size = expand_x != NULL ? in_size + (size_t)(hw * d_in) : 0;  /* the unit's input, computed here, and the block's */
         float *scratch = malloc(sizeof(float) * (2 * out_size + (size_t)channels + unit_size + input_size));
         double *sum = malloc(sizeof(double) * (size_t)channels);
         failed = scratch == NULL || sum == NULL;
@@ -513,14 +596,18 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
             float *dest = out + (size_t)(n * hw_out * out_channels);
             const float *xs = input;
             if (expand_x != NULL) {
-                const Strided block_input = {expand_x + n * sample, pixel, channel};
-                product(block_input, d_in, expand_t, input, channels, hw, expand_epilogue);
+                const float *block_input = sample_rows(expand_x, n, sample, pixel, channel, hw, d_in, input + in_size);
+                product(block_input, d_in, expand_t, input, channels, hw, expand_bias, 0, 1);
             } else {
                 xs = x + n * in_size;
             }
             forward_sample(xs, w_v, w_g, reduce_t != NULL ? unit : dest, stats + n * 4 * (size_t)channels,
                            v, g, sum, part, &geo, eps);
-            if (reduce_t != NULL) product(rows_of(unit, channels), channels, reduce_t, dest, d_out, hw_out, reduce_epilogue);
+            if (reduce_t != NULL) {
+                float *rows = transposing ? unit + out_size : dest;
+                product(unit, channels, reduce_t, rows, d_out, hw_out, reduce_bias, 0, reduce_relu);
+                if (transposing) rows_to_maps(rows, hw_out, d_out, dest);
+            }
         }
         free(scratch);
         free(sum);
@@ -535,15 +622,15 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
  *   (expand_folded: channels x d_in) and expand_sums ((d_in + 1) x channels, double) the sums
  *   expand_x^T u and, in its last row, 1^T u.
  * - With a reduction (reduce != NULL: the 1x1 conv after the unit, (d_out x channels)): `grad`
- *   is the gradient at that conv's output (d_out channels), and reduce_sums (d_out x channels,
- *   double) receives the conv's weight gradient. */
+ *   is the gradient at that conv's output (d_out channels; NCHW if grad_maps, else channels-last),
+ *   and reduce_sums (d_out x channels, double) receives the conv's weight gradient. */
 int minnets_min_unit_backward(const float *grad, const float *x, const float *w_v, const float *w_g,
                               const float *stats, float *grad_x, float *grad_w_v, float *grad_w_g,
                               long batch, long height, long width, long channels, long kernel, long stride,
                               int input_is_relu, const float *expand_x, long sample, long pixel, long channel,
                               const float *expand_t, const float *expand_bias, const float *expand_folded,
                               float *expand_grad_rows, double *expand_sums, long d_in,
-                              const float *reduce, double *reduce_sums, long d_out, int threads)
+                              const float *reduce, double *reduce_sums, long d_out, int grad_maps, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
@@ -554,9 +641,6 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     const size_t expand_size = expanding ? (size_t)((d_in + 1) * channels) : 0;
     const size_t reduce_size = reducing ? (size_t)(d_out * channels) : 0;
     const size_t per_thread = 2 * filter_size + expand_size + reduce_size;  /* dw_v, dw_g, the products' sums */
-    const Epilogue expand_epilogue = {expand_bias, 0, 1}, plain = {NULL, 0, 0};
-    static const float one = 1.0f;
-    const Strided ones = {&one, 0, 0};
     double *partial = calloc((size_t)threads * per_thread, sizeof(double));
     AxisCover *rows = malloc(sizeof(AxisCover) * (size_t)(height + width)), *cols = rows + height;
     if (partial == NULL || rows == NULL) {
@@ -568,8 +652,9 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        const size_t expand_scratch = expanding ? 2 * in_size : 0;  /* the recomputed input, u */
-        const size_t reduce_scratch = reducing ? 2 * out_size : 0;  /* unit output, its gradient */
+        const size_t expand_scratch = expanding ? 2 * in_size + (size_t)(hw * d_in) : 0;  /* the recomputed input, u, the block's input */
+        /* unit output, its gradient, the output gradient as rows */
+        const size_t reduce_scratch = reducing ? 2 * out_size + (grad_maps ? (size_t)(hw_out * d_out) : 0) : 0;
         float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels
                                                  + expand_scratch + reduce_scratch));
         double *sums = malloc(sizeof(double) * 4 * (size_t)channels);
@@ -577,21 +662,24 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
         failed = scratch == NULL || sums == NULL;
         float *v = scratch, *g = v + out_size, *dw = g + out_size, *coef = dw + 2 * filter_size;
         float *part = coef + 4 * channels, *input = part + 4 * channels, *u = input + (expanding ? in_size : 0);
-        float *unit = u + (expanding ? in_size : 0), *unit_grad = unit + (reducing ? out_size : 0);
+        float *transposed = u + (expanding ? in_size : 0), *unit = transposed + (expanding ? hw * d_in : 0);
+        float *unit_grad = unit + (reducing ? out_size : 0), *grad_rows = unit_grad + (reducing ? out_size : 0);
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
             const float *xs = input, *sample_stats = stats + n * 4 * (size_t)channels;
             const float *grad_unit = grad + n * out_size;
-            const Strided block_input = {expanding ? expand_x + n * sample : NULL, pixel, channel};
-            if (expanding) product(block_input, d_in, expand_t, input, channels, hw, expand_epilogue);
+            const float *block_input = expanding ? sample_rows(expand_x, n, sample, pixel, channel, hw, d_in, transposed)
+                                                 : NULL;
+            if (expanding) product(block_input, d_in, expand_t, input, channels, hw, expand_bias, 0, 1);
             else xs = x + n * in_size;
             convolve(xs, w_v, w_g, v, g, &geo);
             if (reducing) {
-                const float *grad_reduced = grad + (size_t)(n * hw_out * d_out);
+                const float *grad_reduced = grad_maps ? sample_rows(grad, n, hw_out * d_out, 1, hw_out, hw_out, d_out, grad_rows)
+                                                      : grad + (size_t)(n * hw_out * d_out);
                 min_output(v, g, sample_stats, unit, hw_out, channels, channels);
-                product(rows_of(grad_reduced, d_out), d_out, reduce, unit_grad, channels, hw_out, plain);
-                outer_sums(rows_of(grad_reduced, d_out), d_out, unit, channels, mine + 2 * filter_size + expand_size, hw_out);
+                product(grad_reduced, d_out, reduce, unit_grad, channels, hw_out, NULL, 0, 0);
+                outer_sums(grad_reduced, d_out, unit, channels, mine + 2 * filter_size + expand_size, hw_out);
                 grad_unit = unit_grad;
             }
             norm_backward(grad_unit, v, g, sample_stats, hw_out, channels, sums, part, coef);
@@ -600,9 +688,8 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
             for (size_t i = 0; i < 2 * filter_size; ++i) mine[i] += dw[i];
             if (expanding) {
                 outer_sums(block_input, d_in, u, channels, mine + 2 * filter_size, hw);
-                outer_sums(ones, 1, u, channels, mine + 2 * filter_size + d_in * channels, hw);
-                product(rows_of(u, channels), channels, expand_folded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw,
-                        plain);
+                column_sums(u, channels, hw, mine + 2 * filter_size + d_in * channels, part);
+                product(u, channels, expand_folded, expand_grad_rows + (size_t)(n * hw * d_in), d_in, hw, NULL, 0, 0);
             }
         }
         free(scratch);
@@ -619,15 +706,26 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
 
 /* grad_rows (pixels x d_in per sample, channels-last) += x @ cross + bias, with x the block's
  * input as in the forward pass and cross (d_in x d_in): the part of the expansion's input
- * gradient that goes through its BatchNorm's batch statistics. */
+ * gradient that goes through its BatchNorm's batch statistics. With `maps` (or NULL) the result
+ * is also written there as NCHW maps. */
 int minnets_expansion_input_grad(float *grad_rows, const float *x, long sample, long pixel, long channel,
-                                 long batch, long hw, long d_in, const float *cross, const float *bias, int threads)
+                                 long batch, long hw, long d_in, const float *cross, const float *bias, float *maps,
+                                 int threads)
 {
-    const Epilogue epilogue = {bias, 1, 0};
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long n = 0; n < batch; ++n) {
-        const Strided block_input = {x + n * sample, pixel, channel};
-        product(block_input, d_in, cross, grad_rows + (size_t)(n * hw * d_in), d_in, hw, epilogue);
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        float *scratch = malloc(sizeof(float) * (size_t)(hw * d_in));
+        failed = scratch == NULL;
+        #pragma omp for schedule(static)
+        for (long n = 0; n < batch; ++n) {
+            if (failed) continue;
+            const float *block_input = sample_rows(x, n, sample, pixel, channel, hw, d_in, scratch);
+            float *rows = grad_rows + (size_t)(n * hw * d_in);
+            product(block_input, d_in, cross, rows, d_in, hw, bias, 1, 0);
+            if (maps != NULL) rows_to_maps(rows, hw, d_in, maps + (size_t)(n * hw * d_in));
+        }
+        free(scratch);
     }
-    return 0;
+    return failed;
 }

@@ -102,7 +102,8 @@ def _branch(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: floa
             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     mean_x, gram = _moments(x)
     fold = _fold(x, mean_x, gram, weight, gamma, beta, bn_eps)
-    out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, fold.expansion)
+    out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, fold.expansion,
+                                          maps=x.is_contiguous())
     mean = (fold.w @ mean_x).to(x.dtype)
     unbiased = (fold.var * fold.count / max(fold.count - 1, 1)).to(x.dtype)
     return out, mean, unbiased, stats, mean_x, gram
@@ -122,8 +123,9 @@ def _branch_backward(grad: Tensor, x: Tensor, mean_x: Tensor, gram: Tensor, weig
     u_x = expansion.sums[:d_in].T - torch.outer(u_sum, mean_x)  # sum_m u_m (x_m - mu)^T
     d_weight, d_gamma, d_beta, cross, cross_bias = _fold_backward(fold, u_x, u_sum, x.dtype)
     # [x - mu] @ cross + cross_bias = x @ cross + (cross_bias - mu @ cross)
-    d_x = kernels.expansion_input_grad(expansion, cross.to(x.dtype), (cross_bias - mean_x @ cross).to(x.dtype))
-    # Layouts as the fake implementation promises them: x's gradient channels-last, the rest contiguous.
+    d_x = kernels.expansion_input_grad(expansion, cross.to(x.dtype), (cross_bias - mean_x @ cross).to(x.dtype),
+                                       maps=x.is_contiguous())
+    # Layouts as the fake implementation promises them: x's gradient as x, the rest contiguous.
     return (d_x, *(t.contiguous() for t in (d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce)))
 
 
@@ -134,14 +136,19 @@ def _branch_inference(x: Tensor, weight: Tensor, bias: Tensor, weight_v: Tensor,
     ``reduce_bias``, the reduction's into ``reduce_weight`` and ``reduce_bias``."""
     expansion = kernels.Expansion(x, weight.flatten(1), bias)
     return kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, expansion,
-                                    reduce_bias, reduce_relu)[0]
+                                    reduce_bias, reduce_relu, maps=x.is_contiguous())[0]
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    """The format of the branch's output and of x's gradient: NCHW for an NCHW input, else channels-last."""
+    return torch.contiguous_format if x.is_contiguous() else _CHANNELS_LAST
 
 
 def _fake_out(x: Tensor, weight_v: Tensor, stride: int, reduce_weight: Tensor) -> Tensor:
     n, _, h, w = x.shape
     k = weight_v.shape[-1]
     return torch.empty(n, reduce_weight.shape[0], _out_size(h, k, stride, k // 2), _out_size(w, k, stride, k // 2),
-                       dtype=x.dtype, device=x.device, memory_format=_CHANNELS_LAST)
+                       dtype=x.dtype, device=x.device, memory_format=_layout(x))
 
 
 @_branch.register_fake
@@ -154,7 +161,7 @@ def _(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_we
 
 @_branch_backward.register_fake
 def _(grad, x, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight):
-    d_x = torch.empty_like(x, memory_format=_CHANNELS_LAST)
+    d_x = torch.empty_like(x, memory_format=_layout(x))
     return (d_x, *(
         torch.empty_like(t, memory_format=torch.contiguous_format)
         for t in (weight, gamma, beta, weight_v, weight_g, reduce_weight)))
@@ -214,9 +221,9 @@ def _functorch_wrapped(x: Tensor) -> bool:
 class _ChannelsLastGradient(torch.autograd.Function):
     """Identity forward; backward hands the gradient on in channels-last memory format.
 
-    Where the channels-last branch meets an NCHW tensor (the block's output, or the sum after
-    the projection), the gradient comes back NCHW; oneDNN's backward passes of the branch's
-    channels-last BatchNorm were measured 20 to 45 % slower with it than after this one copy.
+    Where a projection block's channels-last branch and shortcut meet its NCHW output, the
+    gradient comes back NCHW; oneDNN's backward passes of channels-last convs and BatchNorms
+    were measured 20 to 45 % slower with it than after this one copy.
     """
 
     @staticmethod
@@ -248,6 +255,9 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
         return None
     conv, bn = block.expand[0], block.expand[1]
     unit, reduce = block.min_unit, block.reduce
+    projection = block.shortcut.projection is not None
+    if projection:  # the projection's 1x1 conv is faster on a channels-last copy, which the branch reads too
+        x_nchw, x = x, x.contiguous(memory_format=_CHANNELS_LAST)
     filters = (unit.filter_v.weight, unit.filter_g.weight, unit.stride, unit.eps)
     if bn.training or bn.running_mean is None:
         out, mean, var, *_ = _branch(x, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight)
@@ -264,12 +274,10 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
             branch = reduce[1:](_branch_inference(x, *expand, *filters, reduce[0].weight, None, False))
     else:
         return None
-    last = x.is_contiguous(memory_format=_CHANNELS_LAST)
-    if block.shortcut.projection is None:  # the sum takes the format of its first term, x's
-        return block.shortcut(x) + (branch if last else _ChannelsLastGradient.apply(branch))
-    # The projection's 1x1 conv is faster on a channels-last copy of x.
-    total = block.shortcut(x.contiguous(memory_format=_CHANNELS_LAST)) + branch
-    return total if last else _ChannelsLastGradient.apply(total).contiguous()
+    total = block.shortcut(x) + branch  # both in x's format
+    if not projection:
+        return total
+    return total if x_nchw is x else _ChannelsLastGradient.apply(total).contiguous()
 
 
 def _evaluation_fold(reduce: nn.Module) -> tuple[Tensor, Tensor] | None:
