@@ -10,8 +10,9 @@
  * an element, cheaper than storing and re-reading them), then reads the output gradient and
  * writes x's. Full-size maps cross main memory about once per direction, where separate
  * kernels (two convs, two instance norms, ReLUs, a minimum, and their backward passes) cross it
- * a dozen times. Optionally (see the last two functions) the 1x1 convs on either side of the
- * unit in a Min-block are fused in as well.
+ * a dozen times. Optionally (see the last three functions) the 1x1 convs on either side of the
+ * unit in a Min-block are fused in as well; the block's own input and output may then be NCHW,
+ * transposed a sample at a time in the cache.
  *
  * Filters come as (k*k x c) tap-major arrays. stats holds, per sample, four runs of c floats:
  * mean(v), 1/sqrt(var(v)+eps), mean(g), 1/sqrt(var(g)+eps), with the biased variance (what
@@ -129,7 +130,7 @@ static void convolve(const float *restrict x, const float *restrict w_v, const f
         }
 }
 
-/* Per-channel sums run in float over blocks of BLOCK pixels (vectorised 8 floats wide), and
+/* Per-channel sums run in float over blocks of BLOCK pixels (vectorised across channels), and
  * the block sums in double: float-fast, and accurate to double rounding of float blocks. */
 #define BLOCK 32
 
@@ -144,18 +145,24 @@ static void flush(double *restrict sum, float *restrict part, long count)
     }
 }
 
-static void channel_means(const float *restrict x, long hw, long c, double *restrict sum, float *restrict part,
-                          float *restrict mean)
+/* sum[k] += sum_p rows[p][k] over pixels [0, hw) (rows: hw x c), in float blocks and double. */
+static void column_sums(const float *restrict rows, long c, long hw, double *restrict sum, float *restrict part)
 {
-    memset(sum, 0, sizeof(double) * (size_t)c);
     memset(part, 0, sizeof(float) * (size_t)c);
     for (long p0 = 0; p0 < hw; p0 += BLOCK) {
         for (long p = p0; p < block_end(p0, hw); ++p) {
-            const float *restrict row = ROW(x, p, c);
+            const float *restrict row = ROW(rows, p, c);
             for (long k = 0; k < c; ++k) part[k] += row[k];
         }
         flush(sum, part, c);
     }
+}
+
+static void channel_means(const float *restrict x, long hw, long c, double *restrict sum, float *restrict part,
+                          float *restrict mean)
+{
+    memset(sum, 0, sizeof(double) * (size_t)c);
+    column_sums(x, c, hw, sum, part);
     for (long k = 0; k < c; ++k) mean[k] = (float)(sum[k] / (double)hw);
 }
 
@@ -446,19 +453,6 @@ static void outer_sums(const float *u, long c, const float *rows, long width, do
         long m = 0;
         for (; m + SUM_TILE_M <= c; m += SUM_TILE_M) outer_sums_tiles(u, c, rows, width, sums, p0, p1, m, SUM_TILE_M);
         for (; m < c; ++m) outer_sums_tiles(u, c, rows, width, sums, p0, p1, m, 1);
-    }
-}
-
-/* sum[k] += sum_p rows[p][k] over pixels [0, hw) (rows: hw x c), in float blocks and double. */
-static void column_sums(const float *restrict rows, long c, long hw, double *restrict sum, float *restrict part)
-{
-    memset(part, 0, sizeof(float) * (size_t)c);
-    for (long p0 = 0; p0 < hw; p0 += BLOCK) {
-        for (long p = p0; p < block_end(p0, hw); ++p) {
-            const float *restrict row = ROW(rows, p, c);
-            for (long k = 0; k < c; ++k) part[k] += row[k];
-        }
-        flush(sum, part, c);
     }
 }
 
