@@ -14,8 +14,8 @@ BatchNorm folds into the conv before the wide maps exist, and the native kernel
 (:mod:`minnets.kernels`, :class:`~minnets.kernels.Expansion`) then computes the expansion's
 output and the unit's output a sample at a time in the cache, applying the reduction there;
 its backward pass recomputes them. None of the block's wide maps (the expansion's and the
-unit's outputs and their gradients) is ever written to memory, and x is read where it lies
-(NCHW or channels-last), never copied. The small matrices are computed in float64.
+unit's outputs and their gradients) is ever written to memory, and x stays where it lies
+(NCHW maps are transposed a sample at a time in the cache). The small matrices are computed in float64.
 ``minnets::min_block_branch_inference`` is the same pass with the running statistics of both
 BatchNorms folded in (and the reduction's ReLU applied), for inference without gradients.
 
@@ -83,8 +83,8 @@ def _fold_backward(fold: _Fold, u_x: Tensor, u_sum: Tensor, dtype: torch.dtype
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of the conv weight, gamma and beta, and ``cross`` with its bias, from
     ``u_x = sum_m u_m (x_m - mu)^T`` and ``u_sum = sum_m u_m`` (``u``: the gradient at the BN
-    output where the ReLU let it through); x's gradient is then ``(gain w)^T u + x @ cross + bias``
-    at every pixel (BatchNorm's backward, multiplied out)."""
+    output where the ReLU let it through); x's gradient is then
+    ``(gain w)^T u + (x - mu) @ cross + bias`` at every pixel (BatchNorm's backward, multiplied out)."""
     w, gain, count = fold.w, fold.gain, max(fold.count, 1)
     d_beta = u_sum
     d_gamma = fold.scale * (u_x * w).sum(dim=1)  # sum_m u_m * normalised_m
