@@ -296,43 +296,80 @@ static void axis_covers(AxisCover *covers, long size, long out_size, const Geome
     }
 }
 
-/* The output pixels p whose window covers an input pixel, and the tap t it is in each. */
-typedef struct { long count, p[MAX_KERNEL * MAX_KERNEL], t[MAX_KERNEL * MAX_KERNEL]; } Cover;
-
-INLINE Cover cover(const AxisCover *rows, const AxisCover *cols, const Geometry *geo)
-{
-    Cover cov;
-    cov.count = 0;
-    for (long a = 0; a < rows->count; ++a)
-        for (long b = 0; b < cols->count; ++b) {
-            cov.p[cov.count] = rows->out[a] * geo->out_width + cols->out[b];
-            cov.t[cov.count++] = rows->tap[a] * geo->kernel + cols->tap[b];
-        }
-    return cov;
-}
-
-/* x's gradient at one input pixel q, channels [k0, k0 + width), gathered from the output pixels
- * whose window covers q (written once, zeroed where a ReLU before the unit was off). */
+/* x's gradient at input pixel (iy, ix), channels [k0, k0 + width), gathered from the output
+ * pixels whose window covers it (rows x cols of them: see axis_covers), written once, zeroed
+ * where a ReLU before the unit was off. Four independent chains of multiply-adds: v and g,
+ * even and odd output rows. */
 INLINE void input_gradient_pixel(const float *x, const float *d_v, const float *d_g, const float *w_v,
-                                 const float *w_g, float *d_x, long c, long q, const Cover *cov, long k0, int width,
-                                 int input_is_relu)
+                                 const float *w_g, float *d_x, const Geometry *geo, const AxisCover *rows,
+                                 const AxisCover *cols, long q, long k0, int width, int input_is_relu)
 {
-    vec acc[4] = {0};  /* four independent chains of multiply-adds: v and g, even and odd terms */
-    long n = 0;
-    for (; n + 2 <= cov->count; n += 2)
-        for (int e = 0; e < 2; ++e) {
-            const long p = cov->p[n + e] * c + k0, t = cov->t[n + e] * c + k0;
+    const long c = geo->channels;
+    vec acc[4] = {0};
+    for (long a = 0; a < rows->count; ++a) {
+        const int e = (int)(a & 1);
+        for (long b = 0; b < cols->count; ++b) {
+            const long p = (rows->out[a] * geo->out_width + cols->out[b]) * c + k0;
+            const long t = (rows->tap[a] * geo->kernel + cols->tap[b]) * c + k0;
             acc[2 * e] += load(d_v + p, width) * load(w_v + t, width);
             acc[2 * e + 1] += load(d_g + p, width) * load(w_g + t, width);
         }
-    if (n < cov->count) {
-        const long p = cov->p[n] * c + k0, t = cov->t[n] * c + k0;
-        acc[0] += load(d_v + p, width) * load(w_v + t, width);
-        acc[1] += load(d_g + p, width) * load(w_g + t, width);
     }
     acc[0] = (acc[0] + acc[2]) + (acc[1] + acc[3]);
     if (input_is_relu) acc[0] = (vec)((ivec)acc[0] & (load(ROW(x, q, c) + k0, width) > 0.0f));
     store(ROW(d_x, q, c) + k0, acc[0], width);
+}
+
+/* The same for a row of input pixels [ix0, ix1) of a 3x3 filter with stride 1 whose output
+ * pixels all have the full window (the interior): the nine taps' weights of both filters stay in
+ * registers, and the output pixels are (iy + 1 - i, ix + 1 - j) for tap (i, j). */
+INLINE void input_gradient_row_3x3(const float *x, const float *d_v, const float *d_g, const float *w_v,
+                                   const float *w_g, float *d_x, const Geometry *geo, long iy, long ix0,
+                                   long ix1, long k0, int width, int input_is_relu)
+{
+    const long c = geo->channels, w_out = geo->out_width;
+    vec wv[9], wg[9];
+    for (int t = 0; t < 9; ++t) {
+        wv[t] = load(ROW(w_v, t, c) + k0, width);
+        wg[t] = load(ROW(w_g, t, c) + k0, width);
+    }
+    for (long ix = ix0; ix < ix1; ++ix) {
+        vec acc[4] = {0};
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+                const long p = ((iy + 1 - i) * w_out + ix + 1 - j) * c + k0;
+                const int e = (3 * i + j) & 1;
+                acc[2 * e] += load(d_v + p, width) * wv[3 * i + j];
+                acc[2 * e + 1] += load(d_g + p, width) * wg[3 * i + j];
+            }
+        acc[0] = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+        const long q = iy * geo->width + ix;
+        if (input_is_relu) acc[0] = (vec)((ivec)acc[0] & (load(ROW(x, q, c) + k0, width) > 0.0f));
+        store(ROW(d_x, q, c) + k0, acc[0], width);
+    }
+}
+
+/* x's gradient of one sample, channels [k0, k0 + width), row by row. */
+INLINE void input_gradient_chunk(const float *x, const float *d_v, const float *d_g, const float *w_v,
+                                 const float *w_g, float *d_x, const Geometry *geo, const AxisCover *rows,
+                                 const AxisCover *cols, long k0, int width, int input_is_relu)
+{
+    /* With k = 3, stride 1 and "same" padding, input pixels 1 .. size-2 of each axis are covered
+     * by all three taps. */
+    const int interior = geo->kernel == 3 && geo->stride == 1 && geo->width >= 3;
+    for (long iy = 0; iy < geo->height; ++iy) {
+        const int inner_row = interior && iy >= 1 && iy + 1 < geo->height;
+        const long ix0 = inner_row ? 1 : geo->width, ix1 = inner_row ? geo->width - 1 : geo->width;
+        for (long ix = 0; ix < geo->width; ++ix) {
+            if (ix == ix0) {
+                input_gradient_row_3x3(x, d_v, d_g, w_v, w_g, d_x, geo, iy, ix0, ix1, k0, width, input_is_relu);
+                ix = ix1 - 1;
+                continue;
+            }
+            input_gradient_pixel(x, d_v, d_g, w_v, w_g, d_x, geo, rows + iy, cols + ix, iy * geo->width + ix, k0,
+                                 width, input_is_relu);
+        }
+    }
 }
 
 /* The filter gradients of one sample, channels [k0, k0 + width): dw[t] = sum_p d[p] * x[q(p, t)]
@@ -379,20 +416,18 @@ static void convolve_backward(const float *restrict x, const float *restrict d_v
                               const AxisCover *rows, const AxisCover *cols, int input_is_relu)
 {
     const long c = geo->channels, taps = geo->kernel * geo->kernel;
-    for (long iy = 0; iy < geo->height; ++iy)
-        for (long ix = 0; ix < geo->width; ++ix) {
-            const Cover cov = cover(rows + iy, cols + ix, geo);
-            const long q = iy * geo->width + ix;
-            long k0 = 0;
-            for (; k0 + CHUNK <= c; k0 += CHUNK)
-                input_gradient_pixel(x, d_v, d_g, w_v, w_g, d_x, c, q, &cov, k0, CHUNK, input_is_relu);
-            if (k0 < c) input_gradient_pixel(x, d_v, d_g, w_v, w_g, d_x, c, q, &cov, k0, (int)(c - k0), input_is_relu);
-        }
     memset(dw_v, 0, sizeof(float) * (size_t)(taps * c));
     memset(dw_g, 0, sizeof(float) * (size_t)(taps * c));
-    long k0 = 0;
-    for (; k0 + CHUNK <= c; k0 += CHUNK) filter_gradients_chunk(x, d_v, d_g, dw_v, dw_g, geo, k0, CHUNK);
-    if (k0 < c) filter_gradients_chunk(x, d_v, d_g, dw_v, dw_g, geo, k0, (int)(c - k0));
+    for (long k0 = 0; k0 < c; k0 += CHUNK) {
+        const int width = c - k0 < CHUNK ? (int)(c - k0) : CHUNK;
+        if (width == CHUNK) {
+            input_gradient_chunk(x, d_v, d_g, w_v, w_g, d_x, geo, rows, cols, k0, CHUNK, input_is_relu);
+            filter_gradients_chunk(x, d_v, d_g, dw_v, dw_g, geo, k0, CHUNK);
+        } else {
+            input_gradient_chunk(x, d_v, d_g, w_v, w_g, d_x, geo, rows, cols, k0, width, input_is_relu);
+            filter_gradients_chunk(x, d_v, d_g, dw_v, dw_g, geo, k0, width);
+        }
+    }
 }
 
 /* Small matrix products around the unit, done in register tiles while their operands are in
