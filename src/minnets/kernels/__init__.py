@@ -236,9 +236,9 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
 
     ``input_is_relu`` zeroes x's gradient where ``x == 0``. With ``reduce_weight`` (as in
     :func:`min_unit_forward`, without bias or ReLU), ``grad`` is the gradient at the reduction's
-    output (NCHW or channels-last). With an ``expansion`` instead of ``x`` (None), x's gradient is not returned (None):
-    the kernel recomputes x and goes on through the expansion, filling ``expansion.grad_rows``
-    and ``expansion.sums``.
+    output (NCHW or channels-last). With an ``expansion`` instead of ``x`` (None), x's gradient
+    is not returned (None): the kernel recomputes x and goes on through the expansion, filling
+    ``expansion.grad_rows`` and ``expansion.sums``.
     """
     n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
@@ -306,8 +306,7 @@ class Expansion:
     sums: torch.Tensor | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        n, d_in, h, w = self.x.shape
-        if self.x.stride(2) != w * self.x.stride(3):  # pixel p = y*w + x must sit at p * stride(3)
+        if self.x.stride(2) != self.x.shape[3] * self.x.stride(3):  # pixel p = y*w + x must sit at p * stride(3)
             self.x = self.x.contiguous()
         self.weights = self.weights.contiguous()
         self.bias = self.bias.contiguous()

@@ -255,9 +255,10 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
         return None
     conv, bn = block.expand[0], block.expand[1]
     unit, reduce = block.min_unit, block.reduce
-    projection = block.shortcut.projection is not None
-    if projection:  # the projection's 1x1 conv is faster on a channels-last copy, which the branch reads too
-        x_nchw, x = x, x.contiguous(memory_format=_CHANNELS_LAST)
+    given = x
+    if block.shortcut.projection is not None:
+        # The projection's 1x1 conv is faster on a channels-last copy, which the branch reads too.
+        x = x.contiguous(memory_format=_CHANNELS_LAST)
     filters = (unit.filter_v.weight, unit.filter_g.weight, unit.stride, unit.eps)
     if bn.training or bn.running_mean is None:
         out, mean, var, *_ = _branch(x, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight)
@@ -265,8 +266,7 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
             _running_update(bn, mean, var)
         branch = reduce[1:](out)
     elif not torch.is_grad_enabled():
-        gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
-        expand = (conv.weight * gain.view(-1, 1, 1, 1), bn.bias - bn.running_mean * gain)
+        expand = _running_fold(conv, bn)
         folded = _evaluation_fold(reduce)
         if folded is not None:
             branch = _branch_inference(x, *expand, *filters, *folded, True)
@@ -275,16 +275,19 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
     else:
         return None
     total = block.shortcut(x) + branch  # both in x's format
-    if not projection:
-        return total
-    return total if x_nchw is x else _ChannelsLastGradient.apply(total).contiguous()
+    return total if x is given else _ChannelsLastGradient.apply(total).contiguous()
+
+
+def _running_fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """A bias-free 1x1 conv followed by a BatchNorm with running statistics, as one conv's
+    (weight, bias)."""
+    gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    return conv.weight * gain.view(-1, 1, 1, 1), bn.bias - bn.running_mean * gain
 
 
 def _evaluation_fold(reduce: nn.Module) -> tuple[Tensor, Tensor] | None:
-    """The reduction's 1x1 conv with its BatchNorm's running statistics folded in, as (weight,
-    bias), when ``reduce`` is exactly conv, BatchNorm in evaluation, ReLU; else None."""
+    """The reduction's conv and BatchNorm folded (:func:`_running_fold`) when ``reduce`` is
+    exactly conv, BatchNorm in evaluation, ReLU; else None."""
     if not _foldable(reduce) or reduce[1].training or reduce[1].running_mean is None:
         return None
-    bn = reduce[1]
-    gain = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    return reduce[0].weight * gain.view(-1, 1, 1, 1), bn.bias - bn.running_mean * gain
+    return _running_fold(reduce[0], reduce[1])
