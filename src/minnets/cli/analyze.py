@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from minnets.cli.options import add_run_dir
+
 
 def run(args: argparse.Namespace) -> int:
     from minnets.analysis import analyze_run
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "figures to RUN_DIR/analysis (or --out); a killed analysis resumes at its last step. `minnets report` "
         "shows analysed runs.",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (from `minnets train`)")
+    add_run_dir(parser)
     parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/analysis)")
     parser.add_argument("--units", type=int, default=8, metavar="K",
                         help="units per block for the iso-response geometry (default: %(default)s)")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from minnets.cli.options import add_run_dir
 from minnets.jpeg import MODES, default_cache_root
 from minnets.robustness import JPEG_CSV, QUALITIES, format_jpeg_table, run_jpeg
 from minnets.robustness.jpeg import parse_qualities
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predictions on the original images (POCP, paper Eq. 5). Quality 100 is always included and means "
         f"the uncompressed images. Rows are added to RUN_DIR/{JPEG_CSV} (one per quality and mode).",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (from `minnets train`)")
+    add_run_dir(parser)
     parser.add_argument("--qualities", default=",".join(map(str, QUALITIES)), metavar="Q,Q,...",
                         help="comma-separated JPEG qualities, 1 to 100 (default: %(default)s)")
     parser.add_argument("--mode", choices=MODES, default="paper",

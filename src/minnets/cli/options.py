@@ -1,10 +1,10 @@
-"""Argument types shared by several commands."""
+"""Argument types and arguments shared by several commands."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive_int"]
+__all__ = ["positive_int", "add_run_dir"]
 
 
 def positive_int(text: str) -> int:
@@ -16,3 +16,8 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def add_run_dir(parser: argparse.ArgumentParser) -> None:
+    """The positional ``RUN_DIR`` of the commands that read a finished run."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (from `minnets train`)")

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from minnets.cli.options import positive_int
+from minnets.cli.options import add_run_dir, positive_int
 from minnets.errors import MinnetsError
 from minnets.robustness.evaluate import progress_printer, run_suite, suite_csv
 from minnets.robustness.suite import SUITES, Row, Suite, suite_class
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the clean images (POCP, paper Eq. 5). Rows go to RUN_DIR/<suite>.csv as each level finishes; "
         "running the same command again resumes.",
     )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (from `minnets train`)")
+    add_run_dir(parser)
     parser.add_argument("--suite", required=True, choices=tuple(SUITES), help="which perturbation suite")
     parser.add_argument("--data", metavar="DIR", help="data folder (CIFAR-10, and CIFAR-10-C for corruptions); "
                         "default: the run's own setting, else $MINNETS_DATA")
