@@ -106,14 +106,30 @@ def _tile(start, Wo, P, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _sample_block(x_ptr, H, W, C, Ho, Wo, BLOCK_C: tl.constexpr):
+    """This program's sample ``n`` and block of channels ``c`` (grid ``(N, ceil(C / BLOCK_C))``):
+    ``n``, ``c``, ``c < C``, the output's pixel count and the sample's ``x``."""
+    n = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return n, c, c < C, Ho * Wo, x_ptr + n.to(tl.int64) * H * W * C
+
+
+@triton.jit
+def _normalised(x_base, taps_v_ptr, taps_g_ptr, oy, ox, pixel_ok, c, c_ok, H, W, C,
+                mean_v, rstd_v, mean_g, rstd_g,
+                K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
+                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Both filter responses at output pixels ``(oy, ox)``, instance-normalised: ``(a, b)``."""
+    v, g = _responses(x_base, taps_v_ptr, taps_g_ptr, oy, ox, pixel_ok, c, c_ok, H, W, C,
+                      K, STRIDE, PAD, BLOCK_P, BLOCK_C)
+    return (v - mean_v[None, :]) * rstd_v[None, :], (g - mean_g[None, :]) * rstd_g[None, :]
+
+
+@triton.jit
 def _forward_kernel(x_ptr, taps_v_ptr, taps_g_ptr, out_ptr, stats_ptr, H, W, C, Ho, Wo, eps,
                     K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    P = Ho * Wo
-    x_base = x_ptr + n.to(tl.int64) * H * W * C
+    n, c, c_ok, P, x_base = _sample_block(x_ptr, H, W, C, Ho, Wo, BLOCK_C)
     mean_v = tl.zeros((BLOCK_C,), dtype=tl.float32)
     mean_g = tl.zeros((BLOCK_C,), dtype=tl.float32)
     m2_v = tl.zeros((BLOCK_C,), dtype=tl.float32)
@@ -147,10 +163,8 @@ def _forward_kernel(x_ptr, taps_v_ptr, taps_g_ptr, out_ptr, stats_ptr, H, W, C, 
     out_base = out_ptr + n.to(tl.int64) * P * C
     for start in range(0, P, BLOCK_P):
         p, oy, ox, p_ok = _tile(start, Wo, P, BLOCK_P)
-        v, g = _responses(x_base, taps_v_ptr, taps_g_ptr, oy, ox, p_ok, c, c_ok, H, W, C,
-                          K, STRIDE, PAD, BLOCK_P, BLOCK_C)
-        a = (v - mean_v[None, :]) * rstd_v[None, :]
-        b = (g - mean_g[None, :]) * rstd_g[None, :]
+        a, b = _normalised(x_base, taps_v_ptr, taps_g_ptr, oy, ox, p_ok, c, c_ok, H, W, C,
+                           mean_v, rstd_v, mean_g, rstd_g, K, STRIDE, PAD, BLOCK_P, BLOCK_C)
         out = tl.maximum(tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL), 0.0,
                          propagate_nan=tl.PropagateNan.ALL)
         tl.store(out_base + p[:, None] * C + c[None, :], out.to(out_ptr.dtype.element_ty),
@@ -164,10 +178,8 @@ def _routed(x_base, taps_v_ptr, taps_g_ptr, grad_base, oy, ox, p, p_ok, c, c_ok,
             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """The normalised responses ``a``, ``b`` and the output gradient each receives through the
     ReLU and the minimum (none where the output is 0, half each on a tie)."""
-    v, g = _responses(x_base, taps_v_ptr, taps_g_ptr, oy, ox, p_ok, c, c_ok, H, W, C,
-                      K, STRIDE, PAD, BLOCK_P, BLOCK_C)
-    a = (v - mean_v[None, :]) * rstd_v[None, :]
-    b = (g - mean_g[None, :]) * rstd_g[None, :]
+    a, b = _normalised(x_base, taps_v_ptr, taps_g_ptr, oy, ox, p_ok, c, c_ok, H, W, C,
+                       mean_v, rstd_v, mean_g, rstd_g, K, STRIDE, PAD, BLOCK_P, BLOCK_C)
     grad = tl.load(grad_base + p[:, None] * C + c[None, :], mask=p_ok[:, None] & c_ok[None, :],
                    other=0.0).to(tl.float32)
     grad = tl.where(tl.minimum(a, b) > 0.0, grad, 0.0)
@@ -180,11 +192,7 @@ def _backward_norm_kernel(grad_ptr, x_ptr, taps_v_ptr, taps_g_ptr, stats_ptr, dv
                           H, W, C, Ho, Wo,
                           K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < C
-    P = Ho * Wo
-    x_base = x_ptr + n.to(tl.int64) * H * W * C
+    n, c, c_ok, P, x_base = _sample_block(x_ptr, H, W, C, Ho, Wo, BLOCK_C)
     grad_base = grad_ptr + n.to(tl.int64) * P * C
     stats = stats_ptr + n * 4 * C + c
     mean_v = tl.load(stats, mask=c_ok, other=0.0)
