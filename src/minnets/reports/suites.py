@@ -36,6 +36,7 @@ import numpy as np
 from minnets.errors import MinnetsError
 from minnets.reports import published
 from minnets.reports.figures import METRIC_LABELS, _figure, _figure_legend, _save, _style
+from minnets.reports.runs import Run
 from minnets.reports.tables import (
     DEPTH_SYMBOLS,
     FAMILY_LABELS,
@@ -48,7 +49,8 @@ from minnets.reports.tables import (
     paper_value,
 )
 from minnets.robustness.evaluate import read_suite_csv, suite_csv
-from minnets.robustness.suite import Row, get_suite
+from minnets.robustness.jpeg import JpegSuite
+from minnets.robustness.suite import Row, Suite, get_suite
 from minnets.text import slug
 
 BEYOND_JPEG = ("corruptions", "adversarial")  # the suites of the section "Robustness beyond JPEG"
@@ -220,12 +222,12 @@ def _collect(experiment: Experiment, name: str) -> tuple[list[_ModelCells], list
     for group in experiment.models:
         found = _ModelCells(group, 0, {}, [])
         for run in group.runs:
-            if not suite_csv(run.path, suite).is_file():
-                continue
             try:
-                rows = read_suite_csv(run.path, suite)
+                rows = _suite_rows(run, suite)
             except MinnetsError as error:
                 damaged.append(f"{run.name}: {error}")
+                continue
+            if rows is None:
                 continue
             found.runs += 1
             found.rows.append(rows)
@@ -235,6 +237,15 @@ def _collect(experiment: Experiment, name: str) -> tuple[list[_ModelCells], list
                     found.cells.setdefault(table, {}).setdefault(label, []).append(cell)
         models.append(found)
     return models, damaged
+
+
+def _suite_rows(run: Run, suite: Suite) -> Sequence[Row] | None:
+    """The run's rows of ``suite``, None without its CSV; jpeg.csv was read with the run (``Run.jpeg``)."""
+    if suite.name == JpegSuite.name:
+        return None if run.jpeg is None else [row for by_quality in run.jpeg.values() for row in by_quality.values()]
+    if not suite_csv(run.path, suite).is_file():
+        return None
+    return read_suite_csv(run.path, suite)
 
 
 def _pairs(models: list[_ModelCells]) -> list[_ModelCells]:
