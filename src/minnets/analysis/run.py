@@ -194,12 +194,13 @@ def _iso_response(probe: UnitProbe, block: AnalysedBlock, x0: torch.Tensor, chos
     rows, planes = [], {}
     for k, unit in enumerate(chosen):
         x = (x0 + radius * e1[k]).detach().requires_grad_(True)
-        response(x[None])[0, unit].backward()
+        value = response(x[None])[0, unit]
+        value.backward()
+        peak = float(value.detach())
         sensitivity = x.grad.abs() if x.grad.abs().sum() > 0 else torch.ones_like(x0)
         directions = {"random": orthogonalise(e1[k], torch.randn(x0.shape, generator=generator) * sensitivity)}
         if len(chosen) > 1:
             directions["other_unit"] = orthogonalise(e1[k], e1[(k + 1) % len(chosen)])
-        peak = float(response((x0 + radius * e1[k])[None])[0, unit].detach())
         for kind, e2 in directions.items():
             plane = response_plane(response, x0, unit, e1[k], e2, radius, size=settings["grid"])
             fits = plane_fits(plane, settings["levels"])
