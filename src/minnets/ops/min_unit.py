@@ -55,21 +55,24 @@ def instance_norm(v: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     return centred * scale, mean, scale
 
 
+def _normalised(x: Tensor, weight: Tensor, stride: int, padding: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`instance_norm` of the depthwise filter response ``weight * x``."""
+    return instance_norm(F.conv2d(x, weight, stride=stride, padding=padding, groups=weight.shape[0]), eps)
+
+
 def composite_unit(x: Tensor, weight_v: Tensor, weight_g: Tensor | None, stride: int, padding: int, eps: float,
                    operator: AndOperator = _MIN) -> Tensor:
     """The unit in plain PyTorch: ``operator(ReLU(IN(v * x)), ReLU(IN(g * x)))`` (paper Eq. 2)."""
     def response(weight: Tensor) -> Tensor:
-        v = F.conv2d(x, weight, stride=stride, padding=padding, groups=weight.shape[0])
-        return F.relu(instance_norm(v, eps)[0])
+        return F.relu(_normalised(x, weight, stride, padding, eps)[0])
 
     return operator(response(weight_v), None if weight_g is None else response(weight_g))
 
 
 def _composite_forward(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, padding: int, eps: float
                        ) -> tuple[Tensor, Tensor]:
-    groups = weight_v.shape[0]
-    v, mean_v, scale_v = instance_norm(F.conv2d(x, weight_v, stride=stride, padding=padding, groups=groups), eps)
-    g, mean_g, scale_g = instance_norm(F.conv2d(x, weight_g, stride=stride, padding=padding, groups=groups), eps)
+    v, mean_v, scale_v = _normalised(x, weight_v, stride, padding, eps)
+    g, mean_g, scale_g = _normalised(x, weight_g, stride, padding, eps)
     out = torch.minimum(v, g).clamp_min(0)
     stats = torch.stack([t.flatten(1) for t in (mean_v, scale_v, mean_g, scale_g)], dim=1)
     return out.contiguous(memory_format=_CHANNELS_LAST), stats.float()
@@ -83,10 +86,8 @@ def _composite_backward(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Ten
     output is 0, all of it to the smaller response, half to each on a tie. Instance norm's
     backward is ``scale * (d - mean(d) - y * mean(d * y))`` for the gradient ``d`` at its output ``y``.
     """
-    groups = weight_v.shape[0]
-    conv = dict(stride=stride, padding=padding, groups=groups)
-    a, _, scale_v = instance_norm(F.conv2d(x, weight_v, **conv), eps)
-    b, _, scale_g = instance_norm(F.conv2d(x, weight_g, **conv), eps)
+    a, _, scale_v = _normalised(x, weight_v, stride, padding, eps)
+    b, _, scale_g = _normalised(x, weight_g, stride, padding, eps)
     grad = torch.where(torch.minimum(a, b) > 0, grad, 0)
     side = torch.sign(b - a)  # +1 where a is the minimum, -1 where b is, 0 on a tie
 
@@ -96,7 +97,7 @@ def _composite_backward(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Ten
 
     def conv_backward(d: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         grads = torch.ops.aten.convolution_backward(d, x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False,
-                                                    [0, 0], groups, [True, True, False])
+                                                    [0, 0], weight.shape[0], [True, True, False])
         return grads[0], grads[1]
 
     grad_x_v, grad_v = conv_backward(norm_backward(grad * (1 + side) * 0.5, a, scale_v), weight_v)
@@ -104,9 +105,9 @@ def _composite_backward(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Ten
     return (grad_x_v + grad_x_g).contiguous(memory_format=_CHANNELS_LAST), grad_v.contiguous(), grad_g.contiguous()
 
 
-def _native(x: Tensor, weight_v: Tensor, padding: int) -> bool:
+def _native(x: Tensor, weight_v: Tensor, weight_g: Tensor, padding: int) -> bool:
     """Whether the native CPU kernel takes this input: float32, "same" padding, k <= 7."""
-    return padding == weight_v.shape[-1] // 2 and kernels.usable(x, weight_v)
+    return padding == weight_v.shape[-1] // 2 and kernels.usable(x, weight_v, weight_g)
 
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -115,6 +116,11 @@ _triton_enabled = True
 
 def _triton_usable() -> bool:
     return _HAS_TRITON and _triton_enabled
+
+
+def _triton_takes(x: Tensor) -> bool:
+    """Whether the Triton kernels take these (CUDA) maps: float32 or bfloat16, and not switched off."""
+    return x.dtype in (torch.float32, torch.bfloat16) and _triton_usable()
 
 
 @contextlib.contextmanager
@@ -162,7 +168,7 @@ def min_unit_backward(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Tenso
 def _min_unit_cpu(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, padding: int, eps: float
                   ) -> tuple[Tensor, Tensor]:
     x = x.contiguous(memory_format=_CHANNELS_LAST)
-    if _native(x, weight_v, padding) and kernels.usable(x, weight_g):
+    if _native(x, weight_v, weight_g, padding):
         return kernels.min_unit_forward(x, weight_v, weight_g, stride, eps)
     return _composite_forward(x, weight_v, weight_g, stride, padding, eps)
 
@@ -171,7 +177,7 @@ def _min_unit_cpu(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, pa
 def _min_unit_backward_cpu(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
                            padding: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     x = x.contiguous(memory_format=_CHANNELS_LAST)
-    if _native(x, weight_v, padding) and kernels.usable(x, weight_g) and grad.dtype == torch.float32:
+    if _native(x, weight_v, weight_g, padding) and grad.dtype == torch.float32:
         grad_x, grad_v, grad_g, _ = kernels.min_unit_backward(grad, x, weight_v, weight_g, stats, stride, False)
         return grad_x, grad_v.contiguous(), grad_g.contiguous()
     return _composite_backward(grad, x, weight_v, weight_g, stride, padding, eps)
@@ -180,18 +186,17 @@ def _min_unit_backward_cpu(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: 
 @min_unit.register_kernel("cuda")
 def _min_unit_cuda(x: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int, padding: int, eps: float
                    ) -> tuple[Tensor, Tensor]:
-    if _triton_usable() and x.dtype in (torch.float32, torch.bfloat16):
-        out, stats = _triton().min_unit_forward(x, weight_v, weight_g, stride, padding, eps)
-        return out.contiguous(memory_format=_CHANNELS_LAST), stats
+    if _triton_takes(x):
+        return _triton().min_unit_forward(x, weight_v, weight_g, stride, padding, eps)  # channels-last
     return _composite_forward(x, weight_v, weight_g, stride, padding, eps)
 
 
 @min_unit_backward.register_kernel("cuda")
 def _min_unit_backward_cuda(grad: Tensor, x: Tensor, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
                             padding: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    if _triton_usable() and x.dtype in (torch.float32, torch.bfloat16):
+    if _triton_takes(x):
         grad_x, grad_v, grad_g = _triton().min_unit_backward(grad, x, weight_v, weight_g, stats, stride, padding, eps)
-        return grad_x.contiguous(memory_format=_CHANNELS_LAST), grad_v.contiguous(), grad_g.contiguous()
+        return grad_x, grad_v.contiguous(), grad_g.contiguous()  # grad_x is channels-last
     return _composite_backward(grad, x, weight_v, weight_g, stride, padding, eps)
 
 
@@ -270,7 +275,7 @@ def has_fast_kernel(x: Tensor, weight_v: Tensor, padding: int) -> bool:
     if x.device.type == "cpu":
         return (x.dtype == weight_v.dtype == torch.float32 and padding == weight_v.shape[-1] // 2
                 and weight_v.shape[-1] <= kernels.MAX_KERNEL and kernels.enabled())
-    return x.device.type == "cuda" and x.dtype in (torch.float32, torch.bfloat16) and _triton_usable()
+    return x.device.type == "cuda" and _triton_takes(x)
 
 
 def and_unit(x: Tensor, weight_v: Tensor, weight_g: Tensor | None, stride: int, padding: int, eps: float,
