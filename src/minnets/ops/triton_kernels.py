@@ -62,6 +62,9 @@ import torch
 import triton
 import triton.language as tl
 
+from minnets import kernels
+from minnets.ops.min_unit import _out_size
+
 __all__ = ["COMPILE_OPTIONS", "min_unit_forward", "min_unit_backward", "launch_config"]
 
 # A (pixels x channels) tile of 1024 elements over 8 warps is 4 per thread: one 16-byte access
@@ -309,13 +312,10 @@ def launch_config(channels: int, kernel_size: int, stride: int, padding: int,
     return dict(K=kernel_size, STRIDE=stride, PAD=padding, BLOCK_P=block_p, BLOCK_C=block_c)
 
 
-def _out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel_size) // stride + 1
-
-
 def _taps(weight: torch.Tensor) -> torch.Tensor:
-    """A depthwise ``(C, 1, k, k)`` filter bank as the ``(k*k, C)`` float32 array the kernels read."""
-    return weight.detach().reshape(weight.shape[0], -1).t().float().contiguous()
+    """A depthwise ``(C, 1, k, k)`` filter bank as the ``(k*k, C)`` float32 array the kernels read
+    (the native CPU kernel's layout)."""
+    return kernels._taps(weight).float()
 
 
 def _check(x: torch.Tensor, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int) -> None:
