@@ -35,11 +35,9 @@ and evaluation beyond the test pass are not counted.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,13 +85,6 @@ def _settings(args: argparse.Namespace) -> Settings:
                     pairs=PAIRS, modes=modes)
 
 
-@contextlib.contextmanager
-def _mode(mode: str) -> Iterator[None]:
-    """Turn the Triton kernels on for the ``triton`` modes and off for the others."""
-    with use_triton("triton" in mode):
-        yield
-
-
 def _say(message: str) -> None:
     print(f"gpu_check: {message}", flush=True)
 
@@ -104,7 +95,7 @@ def _measure(settings: Settings, pair: tuple[str, str], mode: str, amp: str | No
         # A fresh compiler cache per step: the models share their classes' forward code, and past
         # Dynamo's recompile limit (8 per code object) a step would silently run uncompiled.
         torch._dynamo.reset()
-    with _mode(mode):
+    with use_triton("triton" in mode):  # the Triton kernels on for the triton modes, off for the others
         rows = benchmark(list(pair), device=settings.device, batch_size=settings.batch[family],
                          steps=settings.steps, rounds=rounds, amp=amp, channels_last=settings.device == "cuda",
                          compile="compile" in mode, warmup=settings.warmup, progress=False)
