@@ -68,8 +68,9 @@ class MinUnit(nn.Module):
     evaluation, so a sample's output never depends on the rest of its batch.
 
     Parameters: ``filter_v.weight`` and ``filter_g.weight``, each ``(channels, 1, k, k)``. The
-    forward pass is :func:`minnets.ops.and_unit`: a native kernel for the minimum where one runs
-    (forward hooks on the filters do not fire there), plain PyTorch otherwise. First derivatives
+    forward pass is :func:`minnets.ops.and_unit`: a native kernel for the minimum where one runs,
+    plain PyTorch otherwise; both read the filters' weights, so forward hooks on the filter
+    modules do not fire (hooks on the unit do). First derivatives
     only on the kernels' path (no ``create_graph=True``).
     """
 
