@@ -60,7 +60,7 @@ def _stats_cells(runs: list[Run], fmt: Fmt) -> tuple[list[str], dict[str, Any]]:
     finished = [run for run in runs if run.finished]
     numbers: dict[str, Any] = {"seeds": len(finished), "unfinished": len(runs) - len(finished)}
     cells = [str(len(finished)) + (f" (+{len(runs) - len(finished)} unfinished)" if len(runs) > len(finished) else "")]
-    columns = [("final", [float(r.summary["final_test_err"]) for r in finished]),
+    columns = [("final", _final_errors(finished)),
                ("min", [float(r.summary["min_test_err"]) for r in finished])]
     mode = published.paper_jpeg_mode()
     for quality in POCP_QUALITIES:
@@ -71,6 +71,10 @@ def _stats_cells(runs: list[Run], fmt: Fmt) -> tuple[list[str], dict[str, Any]]:
         numbers[f"{key}_mean"], numbers[f"{key}_std"], numbers[f"{key}_n"] = stats.mean, stats.std, stats.n
         cells.append(_mean_std(stats, fmt))
     return cells, numbers
+
+
+def _final_errors(runs: list[Run]) -> list[float]:
+    return [float(run.summary["final_test_err"]) for run in runs if run.finished]
 
 
 def _mean_std(stats: Stats, fmt: Fmt) -> str:
@@ -123,12 +127,12 @@ def and_operator_sections(runs: list[Run], out_dir: Path, rows_out: dict[str, li
             cells, numbers = _stats_cells(by_unit.get(unit, []), fmt)
             body.append([unit, *cells])
             rows_out.setdefault("and_operator", []).append({"group": title, "row": unit, **numbers})
-            bars.append((unit, [float(r.summary["final_test_err"]) for r in by_unit.get(unit, []) if r.finished]))
+            bars.append((unit, _final_errors(by_unit.get(unit, []))))
         cells, numbers = _stats_cells(baseline, fmt)
         body.append([f"baseline ({baseline_model})", *cells])
         rows_out.setdefault("and_operator", []).append({"group": title, "row": "baseline", **numbers})
         paper = _paper_cells(model, dataset, fmt)
-        reference = {"baseline": [float(r.summary["final_test_err"]) for r in baseline if r.finished]}
+        reference = {"baseline": _final_errors(baseline)}
         if paper is not None:
             body.append(["paper Min-Net (min)", *paper[0]])
             rows_out.setdefault("and_operator", []).append({"group": title, "row": "paper", **paper[1]})
@@ -187,7 +191,7 @@ def analysis_sections(runs: list[Run], out_dir: Path, rows_out: dict[str, list[d
     shown: dict[str, tuple[Run, dict[str, Any]]] = {}
     for run, result in found:
         operator = "baseline" if not run.min_net else _unit(run)
-        label = f"{run.model} ({operator})" if run.min_net else f"{run.model} (baseline)"
+        label = f"{run.model} ({operator})"
         shown.setdefault(f"{run.dataset}, {label}", (run, result))
         for block, entry in result.get("blocks", {}).items():
             body.append([run.name, operator, block, _median_cell(entry.get("gamma_deg"), fmt, True, 0),
