@@ -107,6 +107,7 @@ class View:
     order: Callable[[list[str]], list[str]] = list  # the tables in the order they are shown
     options: Mapping[str, Any] = field(default_factory=dict)  # the suite's constructor options
     paper: PaperLayout | None = None  # set for a suite the paper published: laid out as there
+    notes: Callable[[list[_ModelCells], Formatter], list[str]] | None = None  # lines under each table
 
 
 def _adversarial_cells(rows: Sequence[Row]) -> dict[str, dict[str, Cell]]:
@@ -152,6 +153,35 @@ def _corruption_cells(rows: Sequence[Row]) -> dict[str, dict[str, Cell]]:
     return {"CIFAR-10-C": cells}
 
 
+def _mce(model: _ModelCells, reference: _ModelCells) -> float | None:
+    """mCE (%) of ``model`` against ``reference`` from their seed-mean rows (see corruptions.summarize)."""
+    from minnets.robustness.corruptions import summarize
+
+    return summarize(_seed_means(model.rows), _seed_means(reference.rows)).get("mce")
+
+
+def _seed_means(per_seed: list[Sequence[Row]]) -> list[Row]:
+    """One row per (corruption, severity) with the test error averaged over the seeds that have it."""
+    errors: dict[tuple[str, int], list[float]] = {}
+    for rows in per_seed:
+        for row in rows:
+            errors.setdefault((str(row["corruption"]), int(row["severity"])), []).append(float(row["test_err"]))
+    return [{"corruption": c, "severity": s, "test_err": sum(v) / len(v)} for (c, s), v in errors.items()]
+
+
+def _mce_lines(models: list[_ModelCells], fmt: Formatter) -> list[str]:
+    baselines = {(m.group.family, m.group.depth): m for m in models if m.group.min_net is False}
+    lines = []
+    for m in models:
+        reference = baselines.get((m.group.family, m.group.depth))
+        if not m.group.min_net or reference is None:
+            continue
+        mce = _mce(m, reference)
+        lines.append(f"- {m.group.model}: mCE {fmt(mce, missing='missing (needs all 15)')} % relative to "
+                     f"{reference.group.model} (100 % = as robust as the baseline).")
+    return lines + [""] if lines else []
+
+
 def _severity_value(label: str) -> float | None:
     return float(label.split()[1].rstrip(",")) if label.startswith("severity ") else None
 
@@ -194,7 +224,7 @@ VIEWS: dict[str, View] = {
                  x_limits=(103, 7), x_ticks=tuple(published.qualities()),
                  order=lambda tables: paper_mode_first(set(tables)), options={"cache": False}, paper=JPEG_LAYOUT),
     "corruptions": View("CIFAR-10-C corruptions", "corruption", _corruption_cells, _severity_value,
-                        lambda table: (1.0, "severity (mean of the 15 corruptions)")),
+                        lambda table: (1.0, "severity (mean of the 15 corruptions)"), notes=_mce_lines),
     "adversarial": View("Adversarial robustness", "eps", _adversarial_cells, _eps_value, _eps_axis),
 }
 
@@ -256,22 +286,6 @@ def _pairs(models: list[_ModelCells]) -> list[_ModelCells]:
 
 def _mean(cells: list[Cell], metric: str) -> Stats:
     return Stats.of([getattr(cell, metric) for cell in cells])
-
-
-def _mce(model: _ModelCells, reference: _ModelCells) -> float | None:
-    """mCE (%) of ``model`` against ``reference`` from their seed-mean rows (see corruptions.summarize)."""
-    from minnets.robustness.corruptions import summarize
-
-    return summarize(_seed_means(model.rows), _seed_means(reference.rows)).get("mce")
-
-
-def _seed_means(per_seed: list[Sequence[Row]]) -> list[Row]:
-    """One row per (corruption, severity) with the test error averaged over the seeds that have it."""
-    errors: dict[tuple[str, int], list[float]] = {}
-    for rows in per_seed:
-        for row in rows:
-            errors.setdefault((str(row["corruption"]), int(row["severity"])), []).append(float(row["test_err"]))
-    return [{"corruption": c, "severity": s, "test_err": sum(v) / len(v)} for (c, s), v in errors.items()]
 
 
 def suite_sections(experiment: Experiment, out_dir: Path, csv_rows: dict[str, list[dict[str, Any]]],
@@ -357,8 +371,8 @@ def _table(experiment: Experiment, name: str, table: str, models: list[_ModelCel
         body.append(line)
     lines = [f"{table}: test error and POCP (%), mean over seeds ({', '.join(f'{m.group.model}: {m.runs}' for m in models)} "
              "seeds)", "", *md_table(header, body), ""]
-    if name == "corruptions":
-        lines += _mce_lines(models, fmt)
+    if view.notes is not None:
+        lines += view.notes(models, fmt)
     if problems:
         lines += ["Failed sanity checks (the numbers above are then not trustworthy robustness claims):", ""]
         lines += [f"- {problem}" for problem in problems] + [""]
@@ -432,19 +446,6 @@ def _paper_figures(experiment: Experiment, table: str, models: list[_ModelCells]
             lines += [f"![Figure {number}: {METRIC_NAMES[metric]} against {layout.level_text}, "
                       f"{layout.table_name} {table}]({name})", ""]
     return lines
-
-
-def _mce_lines(models: list[_ModelCells], fmt: Formatter) -> list[str]:
-    baselines = {(m.group.family, m.group.depth): m for m in models if m.group.min_net is False}
-    lines = []
-    for m in models:
-        reference = baselines.get((m.group.family, m.group.depth))
-        if not m.group.min_net or reference is None:
-            continue
-        mce = _mce(m, reference)
-        lines.append(f"- {m.group.model}: mCE {fmt(mce, missing='missing (needs all 15)')} % relative to "
-                     f"{reference.group.model} (100 % = as robust as the baseline).")
-    return lines + [""] if lines else []
 
 
 @dataclass(frozen=True)
