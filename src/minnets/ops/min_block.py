@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from minnets import kernels
-from minnets.ops.min_unit import _out_size
+from minnets.ops.min_unit import _out_size, has_fast_kernel
 
 __all__ = ["fused_min_block"]
 
@@ -205,12 +205,10 @@ def _foldable(seq: nn.Module) -> bool:
 
 def _applies(block: nn.Module, x: Tensor) -> bool:
     unit = block.min_unit
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and unit.operator.name == "min"
-            and not _functorch_wrapped(x) and _foldable(block.expand) and isinstance(block.reduce, nn.Sequential)
-            and len(block.reduce) > 0 and _is_conv1x1(block.reduce[0])
-            and unit.padding == unit.kernel_size // 2 and unit.kernel_size <= kernels.MAX_KERNEL
-            and all(p.dtype == torch.float32 for p in block.parameters())
-            and not (unit.filter_v._forward_hooks or unit.filter_g._forward_hooks) and kernels.enabled())
+    return (x.device.type == "cpu" and unit.operator.name == "min" and not _functorch_wrapped(x)
+            and has_fast_kernel(x, unit.filter_v.weight, unit.padding) and _foldable(block.expand)
+            and isinstance(block.reduce, nn.Sequential) and len(block.reduce) > 0 and _is_conv1x1(block.reduce[0])
+            and all(p.dtype == torch.float32 for p in block.parameters()))
 
 
 def _functorch_wrapped(x: Tensor) -> bool:
