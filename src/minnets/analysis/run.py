@@ -80,10 +80,10 @@ class _Steps:
                 _log(f"[{self.done}/{self.total}] {what}: kept from an earlier run")
                 return saved["result"]
         start = time.perf_counter()
-        result = compute()
-        write_json(path, {"settings": self.settings, "result": _jsonable(result)})
+        result = _jsonable(compute())
+        write_json(path, {"settings": self.settings, "result": result})
         _log(f"[{self.done}/{self.total}] {what}: done in {time.perf_counter() - start:.1f} s")
-        return _jsonable(result)
+        return result
 
 
 def analyze_run(run_dir: Path, out: Path | None = None, *, units: int = 8, images: int = 200, radius: float = 5.0,
