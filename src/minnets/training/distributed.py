@@ -144,7 +144,11 @@ class CrossProcessBatchNorm2d(nn.BatchNorm2d):
         return centred * scale[None, :, None, None]
 
 
-def _replace_batchnorm(model: nn.Module) -> nn.Module:
+def two_pass_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by :class:`CrossProcessBatchNorm2d` (in place; same parameters,
+    buffers and state-dict keys): in one process, BatchNorm with two-pass moments, the one a
+    float64 CPU run trains with in any number of processes (see the module docstring). It
+    leaves Min-blocks on their module path, which float64 takes anyway."""
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
             shared = CrossProcessBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
@@ -155,7 +159,7 @@ def _replace_batchnorm(model: nn.Module) -> nn.Module:
             shared.train(child.training)
             setattr(model, name, shared)
         else:
-            _replace_batchnorm(child)
+            two_pass_batchnorm(child)
     return model
 
 
@@ -163,15 +167,7 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """Replace every BatchNorm2d by one that shares statistics across ranks."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _replace_batchnorm(model)
-
-
-def two_pass_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by :class:`CrossProcessBatchNorm2d` (in place; same parameters,
-    buffers and state-dict keys): in one process, BatchNorm with two-pass moments, the one a
-    float64 CPU run trains with in any number of processes (see the module docstring). It
-    leaves Min-blocks on their module path, which float64 takes anyway."""
-    return _replace_batchnorm(model)
+    return two_pass_batchnorm(model)
 
 
 def all_reduce_sum(values: torch.Tensor, context: Context) -> torch.Tensor:
