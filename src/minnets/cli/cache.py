@@ -23,11 +23,6 @@ KNOWN = {
 }
 
 
-def cache_root() -> Path:
-    """``$MINNETS_CACHE`` or ``~/.cache/minnets``: the folder above every cache."""
-    return cache_folder()
-
-
 def folder_size(path: Path) -> tuple[int, int]:
     """(bytes, files) below ``path``; files that vanish while it is walked are skipped."""
     total = files = 0
@@ -50,7 +45,7 @@ def format_bytes(size: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = cache_root()
+    root = cache_folder()  # $MINNETS_CACHE or ~/.cache/minnets: the folder above every cache
     caches = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
     if args.clear is not None:
         chosen = caches if args.clear == "all" else [path for path in caches if path.name == args.clear]
