@@ -71,8 +71,7 @@ def _inits() -> tuple[str, ...]:
 class RunConfig:
     """Every option of a training run (see the module docstring)."""
 
-    model: str = field(metadata={"help": "a name from `minnets models`", "cli": True, "resume": True,
-                                 "setting": False, "choices": None, "metavar": "NAME"})
+    model: str = _option(MISSING, "a name from `minnets models`", metavar="NAME", setting=False)  # required
     dataset: str = _option("cifar10", "dataset", choices=_datasets, setting=False)
     data: str | None = _option(None, "folder holding cifar-10-batches-py/ (or the .tar.gz); default: $MINNETS_DATA",
                                metavar="DIR", resume=False)
@@ -175,11 +174,10 @@ class RunConfig:
 
         ``data`` becomes absolute, so the run can be evaluated from any working directory.
         """
-        from minnets.models import model_info
         from minnets.ops import get_operator
-        from minnets.training.recipes import default_recipe_name, get_recipe
+        from minnets.training.recipes import model_recipe
 
-        recipe = get_recipe(self.recipe or default_recipe_name(model_info(self.model)["family"]))
+        recipe = model_recipe(self.model, self.recipe)
         epochs = self.epochs if self.epochs is not None else recipe.epochs
         for name, size in (("subset", n_train), ("test_subset", n_test)):
             value = getattr(self, name)

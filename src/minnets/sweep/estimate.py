@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from minnets import rundir
 from minnets.config import RunConfig
 from minnets.data.shapes10 import N_TEST, N_TRAIN
-from minnets.models import create_model, model_info
+from minnets.models import create_model
 from minnets.sweep.grid import Job
 from minnets.text import plural
 from minnets.training.distributed import pick_device
-from minnets.training.recipes import default_recipe_name, get_recipe
+from minnets.training.recipes import model_recipe
 from minnets.training.trainer import format_duration
 
 __all__ = ["Plan", "plan", "measure_images_per_second", "describe_plan"]
@@ -58,7 +58,7 @@ def plan(jobs: Sequence[Job], root: Path) -> list[Plan]:
     plans = []
     for job in jobs:
         config = job.config()
-        epochs = config.epochs or get_recipe(config.recipe or default_recipe_name(model_info(config.model)["family"])).epochs
+        epochs = config.epochs or model_recipe(config.model, config.recipe).epochs
         status = rundir.run_status(root / job.name)
         done = epochs if status == "done" else len(rundir.read_metrics(root / job.name))
         plans.append(Plan(job, config, status, max(0, epochs - done), *_sizes(config)))

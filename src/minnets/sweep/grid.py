@@ -42,7 +42,7 @@ from typing import Any
 from minnets.config import RunConfig
 from minnets.errors import MinnetsError
 from minnets.models import list_models, model_info
-from minnets.training.recipes import default_recipe_name, get_recipe
+from minnets.training.recipes import model_recipe
 
 __all__ = ["Job", "NAMED_GRIDS", "GRID_KEYS", "OVERRIDE_KEYS", "load_grid", "make_jobs", "paper_models"]
 
@@ -89,8 +89,7 @@ def _rounds(variants: list[tuple[str, dict[str, Any]]], seeds: list[int] | None)
         if seeds is not None:
             model_seeds = list(seeds)
         else:
-            recipe = overrides.get("recipe") or default_recipe_name(model_info(model)["family"])
-            model_seeds = list(get_recipe(recipe).seeds)
+            model_seeds = list(model_recipe(model, overrides.get("recipe")).seeds)
         per_variant.append((model, overrides, model_seeds))
     jobs: list[Job] = []
     seen: set[str] = set()

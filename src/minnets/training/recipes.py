@@ -16,7 +16,7 @@ from decimal import Decimal
 from minnets.errors import MinnetsError
 from minnets.metadata import paper_grid
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "default_recipe_name", "lr_at_epoch"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "default_recipe_name", "model_recipe", "lr_at_epoch"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,13 @@ def get_recipe(name: str) -> Recipe:
 
 def default_recipe_name(family: str) -> str:
     return "paper-densenet" if family == "densenet" else "paper-resnet"
+
+
+def model_recipe(model: str, name: str | None = None) -> Recipe:
+    """The recipe ``name``, or (None) the paper's recipe of ``model``'s family."""
+    from minnets.models import model_info
+
+    return get_recipe(name or default_recipe_name(model_info(model)["family"]))
 
 
 def lr_at_epoch(base_lr: float, milestones: list[int], gamma: float, epoch: int) -> float:
