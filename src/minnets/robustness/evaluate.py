@@ -163,9 +163,10 @@ def read_suite_csv(path: str | os.PathLike[str], suite: Suite) -> list[Row]:
     path = suite_csv(run_dir, suite)
     if not path.is_file():
         raise MinnetsError(f"{path} does not exist; evaluate the run first: {suite.command(run_dir)}")
-    raw = rundir.read_results(run_dir, suite.name)
-    with open(path, newline="") as handle:
-        header = next(csv.reader(handle), [])
+    with open(path, newline="") as handle:  # one read: the header's check and the rows
+        reader = csv.DictReader(handle)
+        raw = list(reader)
+        header = reader.fieldnames or ()
     missing = set(suite.columns) - {suite.version_column} - set(header)
     if missing:
         raise MinnetsError(f"{path} lacks the columns {', '.join(sorted(missing))}; "
