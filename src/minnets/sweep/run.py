@@ -140,8 +140,7 @@ def run_sweep(
         data = str(Path(data).expanduser().resolve())
         jobs = [replace(job, overrides={**job.overrides, "data": data}) for job in jobs]
     root = Path(root).expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise MinnetsError(f"--out {root} is a file, not a folder; choose another --out")
+    rundir.check_out_dir(root)
     settings = replace(settings or Settings(), suites=check_suites(suites) if evaluate else ())
     _prepare_data(jobs, download)
     rundir.check_writable(root)
