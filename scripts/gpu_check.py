@@ -48,7 +48,7 @@ from minnets.benchmark import benchmark, tune_cpu_allocator
 from minnets.models import model_info
 from minnets.ops import use_triton
 from minnets.sweep.grid import load_grid
-from minnets.training.recipes import default_recipe_name, get_recipe
+from minnets.training.recipes import default_recipe_name, get_recipe, model_recipe
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -174,7 +174,7 @@ def grid_hours(speed: dict[str, tuple[float, float]]) -> float | None:
         if job.model not in speed:
             return None
         train, infer = speed[job.model]
-        epochs = get_recipe(default_recipe_name(model_info(job.model)["family"])).epochs
+        epochs = model_recipe(job.model).epochs
         total += epochs * (TRAIN_IMAGES / train + TEST_IMAGES / infer)
     return total / 3600
 
