@@ -42,12 +42,15 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """x's per-channel mean and ``count`` times its covariance over batch and pixels, in float64."""
     n, c, h, w = x.shape
     count = n * h * w
+    # Sums run in x's dtype over one sample's pixels and in float64 across samples: a float64
+    # sum over all of x would first copy it to float64 (measured: 3 ms of a 7 ms block forward).
     if x.is_contiguous(memory_format=_CHANNELS_LAST) and not x.is_contiguous():
         rows = x.permute(0, 2, 3, 1).reshape(count, c)  # a view
-        total, raw = rows.sum(dim=0, dtype=torch.float64), (rows.T @ rows).double()
+        total = rows.view(n, h * w, c).sum(dim=1).sum(dim=0, dtype=torch.float64)
+        raw = (rows.T @ rows).double()
     else:
         maps = x.reshape(n, c, h * w)
-        total = maps.sum(dim=(0, 2), dtype=torch.float64)
+        total = maps.sum(dim=2).sum(dim=0, dtype=torch.float64)
         raw = torch.bmm(maps, maps.transpose(1, 2)).double().sum(dim=0)
     mean = total / max(count, 1)
     return mean, raw - count * torch.outer(mean, mean)
