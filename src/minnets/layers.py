@@ -49,6 +49,11 @@ class Shortcut(nn.Module):
         self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True) if stride == 2 else nn.Identity()
         self.projection = nn.Conv2d(d_in, d_out, 1, bias=True) if projection else None
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether the shortcut returns its input unchanged (stride 1, no projection, as wide)."""
+        return self.stride == 1 and self.projection is None and self.d_out == self.d_in
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
         if self.projection is not None:

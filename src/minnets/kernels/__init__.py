@@ -39,7 +39,7 @@ import torch
 from minnets.files import cache_folder
 
 __all__ = ["available", "enabled", "usable", "use_native", "min_unit_forward", "min_unit_backward",
-           "expansion_input_grad", "Expansion", "build"]
+           "expansion_input_grad", "reduce_norm_forward", "reduce_norm_sums", "Expansion", "build"]
 
 SOURCE = Path(__file__).with_name("min_unit.c")
 MAX_KERNEL = 7  # as MAX_KERNEL in the source
@@ -122,11 +122,14 @@ def _load() -> ctypes.CDLL | None:
             return None
         pointer, size, flag = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
         library.minnets_min_unit_forward.argtypes = ([pointer] * 5 + [size] * 6 + [ctypes.c_float]
-                                                     + [pointer] * 2 + [flag, size, pointer] + [size] * 3
+                                                     + [pointer] * 2 + [flag, size] + [pointer] * 2 + [size] * 3
                                                      + [pointer] * 2 + [size, flag, flag])
         library.minnets_min_unit_backward.argtypes = ([pointer] * 8 + [size] * 6 + [flag, pointer] + [size] * 3
-                                                      + [pointer] * 5 + [size] + [pointer] * 2 + [size, flag, flag])
-        library.minnets_expansion_input_grad.argtypes = [pointer] * 2 + [size] * 6 + [pointer] * 3 + [flag]
+                                                      + [pointer] * 5 + [size] + [pointer] * 2 + [size]
+                                                      + [pointer] * 2 + [flag, flag])
+        library.minnets_expansion_input_grad.argtypes = [pointer] * 2 + [size] * 6 + [pointer] * 4 + [flag]
+        library.minnets_reduce_norm_forward.argtypes = [pointer] * 4 + [size] * 3 + [flag, flag]
+        library.minnets_reduce_norm_sums.argtypes = [pointer] * 4 + [size] * 3 + [flag, flag]
         _library = library
         return library
 
@@ -196,8 +199,8 @@ def _expansion_args(expansion: Expansion | None) -> tuple:
 
 def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: torch.Tensor, stride: int,
                      eps: float, reduce_weight: torch.Tensor | None = None, expansion: Expansion | None = None,
-                     reduce_bias: torch.Tensor | None = None, reduce_relu: bool = False, maps: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     reduce_bias: torch.Tensor | None = None, reduce_relu: bool = False, maps: bool = False,
+                     moments: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``min(ReLU(IN(w_v * x)), ReLU(IN(w_g * x)))`` and the per-sample statistics the backward needs.
 
     With ``reduce_weight`` (a 1x1 conv ``(d_out, channels, 1, 1)``), the output is that conv
@@ -205,7 +208,10 @@ def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: t
     BatchNorm in evaluation folded in), and the unit's output is never written to memory; the
     output is then NCHW with ``maps``, channels-last without. With an ``expansion`` instead of
     ``x`` (None), the unit's input is computed from it, a sample at a time, and never written to
-    memory either.
+    memory either. ``moments``, a float64 ``(n, 3, d_out)`` tensor (with a reduction), receives
+    per sample and channel of the output a shift ``s`` (its mean, rounded to float32), the sum of
+    ``out - s`` and the sum of ``(out - s)**2``: the BatchNorm after the reduction gets its batch
+    statistics from these (:func:`reduce_norm_forward`) without another pass over the maps.
     """
     n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
@@ -223,28 +229,36 @@ def min_unit_forward(x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: t
         _check(_load().minnets_min_unit_forward(
             None if x is None else x.data_ptr(), taps_v.data_ptr(), taps_g.data_ptr(), out.data_ptr(),
             stats.data_ptr(), n, h, w, c, k, stride, eps, None if reduce_t is None else reduce_t.data_ptr(),
-            None if bias is None else bias.data_ptr(), int(reduce_relu), d_out, block_input, sample, pixel, channel,
+            None if bias is None else bias.data_ptr(), int(reduce_relu), d_out,
+            None if moments is None else moments.data_ptr(), block_input, sample, pixel, channel,
             weights_t, expand_bias, 0 if expansion is None else expansion.d_in, int(maps), torch.get_num_threads()))
     return out, stats
 
 
 def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torch.Tensor, weight_g: torch.Tensor,
                       stats: torch.Tensor, stride: int, input_is_relu: bool, expansion: Expansion | None = None,
-                      reduce_weight: torch.Tensor | None = None
+                      reduce_weight: torch.Tensor | None = None,
+                      reduce_norm: tuple[torch.Tensor, torch.Tensor] | None = None
                       ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of ``x``, both filter banks and ``reduce_weight`` (None without it).
 
     ``input_is_relu`` zeroes x's gradient where ``x == 0``. With ``reduce_weight`` (as in
     :func:`min_unit_forward`, without bias or ReLU), ``grad`` is the gradient at the reduction's
-    output (NCHW or channels-last). With an ``expansion`` instead of ``x`` (None), x's gradient
-    is not returned (None): the kernel recomputes x and goes on through the expansion, filling
-    ``expansion.grad_rows`` and ``expansion.sums``.
+    output (NCHW or channels-last); with ``reduce_norm``, ``(out, norm)`` of
+    :func:`reduce_norm_forward` (``norm`` completed by :func:`reduce_norm_sums`' caller), it is
+    the gradient after that BatchNorm and ReLU, taken back through them a sample at a time.
+    With an ``expansion`` instead of ``x`` (None), x's gradient is not returned (None): the
+    kernel recomputes x and goes on through the expansion, filling ``expansion.grad_rows`` and
+    ``expansion.sums``.
     """
     n, c, h, w = _shape(x, expansion)
     k = weight_v.shape[-1]
     d_out = 0 if reduce_weight is None else reduce_weight.shape[0]
     maps = reduce_weight is not None and grad.is_contiguous()
     grad = grad if maps else grad.contiguous(memory_format=torch.channels_last)
+    reduced, norm = (None, None) if reduce_norm is None else reduce_norm
+    if reduced is not None:
+        reduced, norm = reduced.contiguous(memory_format=_format(maps)), norm.contiguous()
     grad_x = None if expansion is not None else torch.empty_like(x, memory_format=torch.channels_last)
     taps_v, taps_g = _taps(weight_v), _taps(weight_g)  # named: they must outlive the call
     grad_v, grad_g = torch.zeros(k * k, c), torch.zeros(k * k, c)
@@ -262,26 +276,65 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
             None if expansion is None else expansion.grad_rows.data_ptr(),
             None if expansion is None else expansion.sums.data_ptr(), 0 if expansion is None else expansion.d_in,
             None if reduce is None else reduce.data_ptr(), None if grad_reduce is None else grad_reduce.data_ptr(),
-            d_out, int(maps), torch.get_num_threads()))
+            d_out, None if reduced is None else reduced.data_ptr(), None if norm is None else norm.data_ptr(),
+            int(maps), torch.get_num_threads()))
     if grad_reduce is not None:
         grad_reduce = grad_reduce.to(reduce_weight.dtype).view_as(reduce_weight)
     return grad_x, grad_v.t().reshape_as(weight_v), grad_g.t().reshape_as(weight_g), grad_reduce
 
 
-def expansion_input_grad(expansion: Expansion, cross: torch.Tensor, bias: torch.Tensor, maps: bool = False
-                         ) -> torch.Tensor:
+def expansion_input_grad(expansion: Expansion, cross: torch.Tensor, bias: torch.Tensor, maps: bool = False,
+                         addend: torch.Tensor | None = None) -> torch.Tensor:
     """``expansion.grad_rows + x @ cross + bias`` at every pixel of the block's input x (in place),
     as the ``(n, d_in, h, w)`` gradient of x (``cross``: ``(d_in, d_in)``): NCHW with ``maps``,
-    else channels-last."""
+    else channels-last; plus ``addend`` (an identity shortcut's gradient) where given."""
     n, d_in, h, w = expansion.x.shape
     grad_rows = expansion.grad_rows
     cross, bias = cross.contiguous(), bias.contiguous()
     out = torch.empty(n, d_in, h, w) if maps else grad_rows.view(n, h, w, d_in).permute(0, 3, 1, 2)
+    if addend is not None:
+        addend = addend.contiguous(memory_format=_format(maps))
     if grad_rows.numel():
         _check(_load().minnets_expansion_input_grad(grad_rows.data_ptr(), expansion.x.data_ptr(), *expansion.strides,
                                                     n, h * w, d_in, cross.data_ptr(), bias.data_ptr(),
-                                                    out.data_ptr() if maps else None, torch.get_num_threads()))
+                                                    out.data_ptr() if maps else None,
+                                                    None if addend is None else addend.data_ptr(),
+                                                    torch.get_num_threads()))
     return out
+
+
+def _format(maps: bool) -> torch.memory_format:
+    return torch.contiguous_format if maps else torch.channels_last
+
+
+def reduce_norm_forward(reduced: torch.Tensor, norm: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+    """``shortcut + ReLU(gain * reduced + shift)`` per channel, ``gain`` and ``shift`` the first
+    two rows of ``norm`` (``(6, c)``: gain, shift, mean, 1 / sigma of the reduction's BatchNorm,
+    then the two backward coefficients), in ``reduced``'s layout (NCHW or channels-last)."""
+    n, c, h, w = reduced.shape
+    maps = reduced.is_contiguous()
+    if shortcut is not None:
+        shortcut = shortcut.contiguous(memory_format=_format(maps))
+    out = torch.empty_like(reduced, memory_format=_format(maps))
+    if out.numel():
+        _check(_load().minnets_reduce_norm_forward(
+            reduced.data_ptr(), norm.contiguous().data_ptr(), None if shortcut is None else shortcut.data_ptr(),
+            out.data_ptr(), n, c, h * w, int(maps), torch.get_num_threads()))
+    return out
+
+
+def reduce_norm_sums(grad: torch.Tensor, reduced: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """``(2, c)`` float64: the sums over batch and pixels of ``d`` and of ``d * (reduced - mean) / sigma``,
+    ``d`` the gradient ``grad`` where ReLU(gain * reduced + shift) is positive (``norm`` as in
+    :func:`reduce_norm_forward`): its BatchNorm's backward reductions."""
+    n, c, h, w = reduced.shape
+    maps = reduced.is_contiguous()
+    grad = grad.contiguous(memory_format=_format(maps))
+    sums = torch.zeros(2, c, dtype=torch.float64)
+    if grad.numel():
+        _check(_load().minnets_reduce_norm_sums(grad.data_ptr(), reduced.data_ptr(), norm.contiguous().data_ptr(),
+                                                sums.data_ptr(), n, c, h * w, int(maps), torch.get_num_threads()))
+    return sums
 
 
 @dataclass

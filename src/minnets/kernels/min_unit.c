@@ -662,18 +662,173 @@ static void sum_threads(const double *partial, int threads, size_t stride, size_
     }
 }
 
+/* The reduction's BatchNorm (batch statistics) and ReLU, and the block's sum with its shortcut,
+ * as two passes over the reduction's output r (d_out = c channels) after the forward pass has
+ * its moments. `norm` holds six runs of c floats: gain (gamma / sigma), shift (beta - gain * mean),
+ * mean, 1 / sigma, and for the backward pass gain * mean(d) and gain / sigma * mean(d * r_hat),
+ * where d is the gradient at the BatchNorm's output and r_hat = (r - mean) / sigma. A sample of
+ * r, the shortcut and their gradients is c runs of hw pixels with `maps` (NCHW), else hw rows of c. */
+
+INLINE float rectified(float r, float gain, float shift)
+{
+    const float y = gain * r + shift;
+    return y > 0.0f ? y : 0.0f;
+}
+
+/* out = shortcut + ReLU(gain * r + shift), shortcut NULL for none. */
+int minnets_reduce_norm_forward(const float *r, const float *norm, const float *shortcut, float *out, long batch,
+                                long c, long hw, int maps, int threads)
+{
+    const float *gain = norm, *shift = norm + c;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (long n = 0; n < batch; ++n) {
+        const size_t at = (size_t)(n * c * hw);
+        const float *restrict rs = r + at, *restrict add = shortcut != NULL ? shortcut + at : NULL;
+        float *restrict dest = out + at;
+        if (maps) {
+            for (long k = 0; k < c; ++k)
+                for (long p = 0; p < hw; ++p) {
+                    const long i = k * hw + p;
+                    dest[i] = rectified(rs[i], gain[k], shift[k]) + (add != NULL ? add[i] : 0.0f);
+                }
+        } else {
+            for (long p = 0; p < hw; ++p)
+                for (long k = 0; k < c; ++k) {
+                    const long i = p * c + k;
+                    dest[i] = rectified(rs[i], gain[k], shift[k]) + (add != NULL ? add[i] : 0.0f);
+                }
+        }
+    }
+    return 0;
+}
+
+/* sums[0..c) = sum d and sums[c..2c) = sum d * r_hat over the batch, d = grad where the ReLU let
+ * it through: BatchNorm's two reductions for its backward pass (and gamma's and beta's gradients). */
+int minnets_reduce_norm_sums(const float *grad, const float *r, const float *norm, double *sums, long batch, long c,
+                             long hw, int maps, int threads)
+{
+    const float *gain = norm, *shift = norm + c, *mean = norm + 2 * c, *inv_sigma = norm + 3 * c;
+    double *partial = calloc((size_t)threads * 2 * (size_t)c, sizeof(double));
+    if (partial == NULL) return 1;
+    int failed = 0;
+    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    {
+        float *part = malloc(sizeof(float) * 2 * (size_t)c);
+        double *mine = partial + (size_t)omp_get_thread_num() * 2 * (size_t)c;
+        failed = part == NULL;
+        #pragma omp for schedule(static)
+        for (long n = 0; n < batch; ++n) {
+            if (failed) continue;
+            const size_t at = (size_t)(n * c * hw);
+            const float *restrict gs = grad + at, *restrict rs = r + at;
+            if (maps) {  /* a channel's pixels in vectors, in float over SUM_BLOCK pixels, then in double */
+                for (long k = 0; k < c; ++k)
+                    for (long p0 = 0; p0 < hw; p0 += SUM_BLOCK) {
+                        const long p1 = p0 + SUM_BLOCK < hw ? p0 + SUM_BLOCK : hw;
+                        vec sum = {0}, dot = {0};
+                        for (long p = p0; p < p1; p += CHUNK) {
+                            const int width = p1 - p < CHUNK ? (int)(p1 - p) : CHUNK;
+                            const vec rv = load(rs + k * hw + p, width), gv = load(gs + k * hw + p, width);
+                            const vec d = (vec)((ivec)gv & (gain[k] * rv + shift[k] > 0.0f));
+                            sum += d;
+                            dot += d * ((rv - mean[k]) * inv_sigma[k]);
+                        }
+                        float lanes[2][CHUNK];
+                        memcpy(lanes[0], &sum, sizeof lanes[0]);
+                        memcpy(lanes[1], &dot, sizeof lanes[1]);
+                        for (int l = 0; l < CHUNK; ++l) {
+                            mine[k] += lanes[0][l];
+                            mine[c + k] += lanes[1][l];
+                        }
+                    }
+            } else {
+                memset(part, 0, sizeof(float) * 2 * (size_t)c);
+                for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+                    for (long p = p0; p < block_end(p0, hw); ++p)
+                        for (long k = 0; k < c; ++k) {
+                            const long i = p * c + k;
+                            const float d = rectified(rs[i], gain[k], shift[k]) > 0.0f ? gs[i] : 0.0f;
+                            part[k] += d;
+                            part[c + k] += d * ((rs[i] - mean[k]) * inv_sigma[k]);
+                        }
+                    flush(mine, part, 2 * c);
+                }
+            }
+        }
+        free(part);
+    }
+    sum_threads(partial, threads, 2 * (size_t)c, 2 * (size_t)c, NULL, sums);
+    free(partial);
+    return failed;
+}
+
+/* One sample's gradient at r: gain * d - gain * mean(d) - gain / sigma * mean(d * r_hat) * (r - mean),
+ * into `out` in the same order as grad and r. */
+static void reduce_norm_backward(const float *restrict grad, const float *restrict r, const float *restrict norm,
+                                 float *restrict out, long c, long hw, int maps)
+{
+    const float *gain = norm, *shift = norm + c, *mean = norm + 2 * c;
+    const float *gain_mean = norm + 4 * c, *gain_dot = norm + 5 * c;
+    if (maps) {
+        for (long k = 0; k < c; ++k)
+            for (long p = 0; p < hw; ++p) {
+                const long i = k * hw + p;
+                const float d = rectified(r[i], gain[k], shift[k]) > 0.0f ? grad[i] : 0.0f;
+                out[i] = gain[k] * d - gain_mean[k] - gain_dot[k] * (r[i] - mean[k]);
+            }
+    } else {
+        for (long p = 0; p < hw; ++p)
+            for (long k = 0; k < c; ++k) {
+                const long i = p * c + k;
+                const float d = rectified(r[i], gain[k], shift[k]) > 0.0f ? grad[i] : 0.0f;
+                out[i] = gain[k] * d - gain_mean[k] - gain_dot[k] * (r[i] - mean[k]);
+            }
+    }
+}
+
+/* Per channel of (hw x c) rows: a shift (the mean, rounded to float), then the sums of
+ * (row - shift) and of its square, in double: moments[0..c), [c..2c), [2c..3c). From these the
+ * caller gets the batch's mean and variance exactly, without a second pass over the maps.
+ * Scratch: sum (c doubles), part (3c floats). */
+static void row_moments(const float *restrict rows, long hw, long c, double *restrict moments, double *restrict sum,
+                        float *restrict part)
+{
+    float *restrict shift = part + 2 * c;
+    memset(sum, 0, sizeof(double) * (size_t)c);
+    column_sums(rows, c, hw, sum, part);
+    for (long k = 0; k < c; ++k) {
+        shift[k] = (float)(sum[k] / (double)(hw > 0 ? hw : 1));
+        moments[k] = shift[k];
+    }
+    double *restrict centred = moments + c;  /* c sums, then c sums of squares */
+    memset(centred, 0, sizeof(double) * 2 * (size_t)c);
+    memset(part, 0, sizeof(float) * 2 * (size_t)c);
+    for (long p0 = 0; p0 < hw; p0 += BLOCK) {
+        for (long p = p0; p < block_end(p0, hw); ++p) {
+            const float *restrict row = ROW(rows, p, c);
+            for (long k = 0; k < c; ++k) {
+                const float d = row[k] - shift[k];
+                part[k] += d;
+                part[c + k] += d * d;
+            }
+        }
+        flush(centred, part, 2 * c);
+    }
+}
+
 /* Forward pass. With a reduction (reduce_t != NULL: the 1x1 conv after the unit, transposed,
  * (channels x d_out)), `out` receives that conv's output, plus reduce_bias (or NULL) and
  * rectified if reduce_relu, instead of the unit's. With an expansion (expand_x != NULL), x is
  * not read but the unit's input is computed a sample at a time, in the cache, as
  * ReLU(expand_x @ expand_t + expand_bias): expand_x is the block's input, (pixels x d_in) with
  * element (n, p, m) at expand_x[n * sample + p * pixel + m * channel], expand_t (d_in x channels).
- * `out` is channels-last, or with a reduction and out_maps, NCHW. */
+ * `out` is channels-last, or with a reduction and out_maps, NCHW. With reduce_moments (or NULL),
+ * each sample's row_moments of the reduction's output go there ((batch x 3 x d_out) doubles). */
 int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g, float *out, float *stats,
                              long batch, long height, long width, long channels, long kernel, long stride,
                              float eps, const float *reduce_t, const float *reduce_bias, int reduce_relu, long d_out,
-                             const float *expand_x, long sample, long pixel, long channel, const float *expand_t,
-                             const float *expand_bias, long d_in, int out_maps, int threads)
+                             double *reduce_moments, const float *expand_x, long sample, long pixel, long channel,
+                             const float *expand_t, const float *expand_bias, long d_in, int out_maps, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
@@ -687,10 +842,11 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
         /* the unit's output, before the reduction, and the reduction's as rows */
         const size_t unit_size = reduce_t != NULL ? out_size + (transposing ? (size_t)(hw_out * d_out) : 0) : 0;
         const size_t input_size = expand_x != NULL ? in_size + (size_t)(hw * d_in) : 0;  /* the unit's input, computed here, and the block's */
-        float *scratch = malloc(sizeof(float) * (2 * out_size + (size_t)channels + unit_size + input_size));
-        double *sum = malloc(sizeof(double) * (size_t)channels);
+        const size_t part_size = (size_t)(channels > 3 * d_out ? channels : 3 * d_out);
+        float *scratch = malloc(sizeof(float) * (2 * out_size + part_size + unit_size + input_size));
+        double *sum = malloc(sizeof(double) * part_size);
         failed = scratch == NULL || sum == NULL;
-        float *v = scratch, *g = v + out_size, *part = g + out_size, *unit = part + channels, *input = unit + unit_size;
+        float *v = scratch, *g = v + out_size, *part = g + out_size, *unit = part + part_size, *input = unit + unit_size;
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
@@ -707,6 +863,8 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
             if (reduce_t != NULL) {
                 float *rows = transposing ? unit + out_size : dest;
                 product(unit, channels, reduce_t, rows, d_out, hw_out, reduce_bias, 0, reduce_relu);
+                if (reduce_moments != NULL)
+                    row_moments(rows, hw_out, d_out, reduce_moments + (size_t)(n * 3 * d_out), sum, part);
                 if (transposing) rows_to_maps(rows, hw_out, d_out, dest);
             }
         }
@@ -724,14 +882,17 @@ int minnets_min_unit_forward(const float *x, const float *w_v, const float *w_g,
  *   expand_x^T u and, in its last row, 1^T u.
  * - With a reduction (reduce != NULL: the 1x1 conv after the unit, (d_out x channels)): `grad`
  *   is the gradient at that conv's output (d_out channels; NCHW if grad_maps, else channels-last),
- *   and reduce_sums (d_out x channels, double) receives the conv's weight gradient. */
+ *   and reduce_sums (d_out x channels, double) receives the conv's weight gradient. With
+ *   reduce_norm (or NULL), `grad` is the gradient after that conv's BatchNorm and ReLU instead,
+ *   reduce_out the conv's output (as grad) and reduce_norm as in minnets_reduce_norm_sums. */
 int minnets_min_unit_backward(const float *grad, const float *x, const float *w_v, const float *w_g,
                               const float *stats, float *grad_x, float *grad_w_v, float *grad_w_g,
                               long batch, long height, long width, long channels, long kernel, long stride,
                               int input_is_relu, const float *expand_x, long sample, long pixel, long channel,
                               const float *expand_t, const float *expand_bias, const float *expand_folded,
                               float *expand_grad_rows, double *expand_sums, long d_in,
-                              const float *reduce, double *reduce_sums, long d_out, int grad_maps, int threads)
+                              const float *reduce, double *reduce_sums, long d_out, const float *reduce_out,
+                              const float *reduce_norm, int grad_maps, int threads)
 {
     const Geometry geo = geometry(height, width, channels, kernel, stride);
     const long hw = height * width, hw_out = geo.out_height * geo.out_width;
@@ -754,8 +915,10 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         const size_t expand_scratch = expanding ? 2 * in_size + (size_t)(hw * d_in) : 0;  /* the recomputed input, u, the block's input */
-        /* unit output, its gradient, the output gradient as rows */
-        const size_t reduce_scratch = reducing ? 2 * out_size + (grad_maps ? (size_t)(hw_out * d_out) : 0) : 0;
+        /* unit output, its gradient, the output gradient as rows, and before the BatchNorm as maps */
+        const size_t reduced_size = (size_t)(hw_out * d_out);
+        const size_t reduce_scratch = reducing ? 2 * out_size + (grad_maps || reduce_norm != NULL ? reduced_size : 0)
+                                                     + (grad_maps && reduce_norm != NULL ? reduced_size : 0) : 0;
         float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels
                                                  + expand_scratch + reduce_scratch));
         double *sums = malloc(sizeof(double) * 4 * (size_t)channels);
@@ -765,6 +928,7 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
         float *part = coef + 4 * channels, *input = part + 4 * channels, *u = input + (expanding ? in_size : 0);
         float *transposed = u + (expanding ? in_size : 0), *unit = transposed + (expanding ? hw * d_in : 0);
         float *unit_grad = unit + (reducing ? out_size : 0), *grad_rows = unit_grad + (reducing ? out_size : 0);
+        float *grad_maps_scratch = grad_rows + reduced_size;
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
             if (failed) continue;
@@ -776,8 +940,17 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
             else xs = x + n * in_size;
             convolve(xs, w_v, w_g, v, g, &geo);
             if (reducing) {
-                const float *grad_reduced = grad_maps ? sample_rows(grad, n, hw_out * d_out, 1, hw_out, hw_out, d_out, grad_rows)
-                                                      : grad + (size_t)(n * hw_out * d_out);
+                const float *grad_reduced = grad + (size_t)n * reduced_size;
+                if (reduce_norm != NULL) {
+                    float *dest = grad_maps ? grad_maps_scratch : grad_rows;
+                    reduce_norm_backward(grad_reduced, reduce_out + (size_t)n * reduced_size, reduce_norm, dest, d_out,
+                                         hw_out, grad_maps);
+                    grad_reduced = dest;
+                }
+                if (grad_maps) {
+                    transpose(grad_reduced, hw_out, d_out, hw_out, grad_rows, d_out);
+                    grad_reduced = grad_rows;
+                }
                 min_output(v, g, sample_stats, unit, hw_out, channels, channels);
                 product(grad_reduced, d_out, reduce, unit_grad, channels, hw_out, NULL, 0, 0);
                 outer_sums(grad_reduced, d_out, unit, channels, mine + 2 * filter_size + expand_size, hw_out);
@@ -808,10 +981,11 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
 /* grad_rows (pixels x d_in per sample, channels-last) += x @ cross + bias, with x the block's
  * input as in the forward pass and cross (d_in x d_in): the part of the expansion's input
  * gradient that goes through its BatchNorm's batch statistics. With `maps` (or NULL) the result
- * is also written there as NCHW maps. */
+ * is also written there as NCHW maps. With `addend` (or NULL: the identity shortcut's gradient,
+ * laid out as the result) that is added too. */
 int minnets_expansion_input_grad(float *grad_rows, const float *x, long sample, long pixel, long channel,
                                  long batch, long hw, long d_in, const float *cross, const float *bias, float *maps,
-                                 int threads)
+                                 const float *addend, int threads)
 {
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
@@ -824,7 +998,15 @@ int minnets_expansion_input_grad(float *grad_rows, const float *x, long sample, 
             const float *block_input = sample_rows(x, n, sample, pixel, channel, hw, d_in, scratch);
             float *rows = grad_rows + (size_t)(n * hw * d_in);
             product(block_input, d_in, cross, rows, d_in, hw, bias, 1, 0);
-            if (maps != NULL) rows_to_maps(rows, hw, d_in, maps + (size_t)(n * hw * d_in));
+            float *result = rows;
+            if (maps != NULL) {
+                result = maps + (size_t)(n * hw * d_in);
+                rows_to_maps(rows, hw, d_in, result);
+            }
+            if (addend != NULL) {
+                const float *restrict more = addend + (size_t)(n * hw * d_in);
+                for (long i = 0; i < hw * d_in; ++i) result[i] += more[i];
+            }
         }
         free(scratch);
     }

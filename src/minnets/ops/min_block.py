@@ -99,17 +99,79 @@ def _fold_backward(fold: _Fold, u_x: Tensor, u_sum: Tensor, dtype: torch.dtype
             -(w.T @ (gain * d_beta)) / count)
 
 
+def _branch_forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float, weight_v: Tensor,
+                    weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor, moments: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    mean_x, gram = _moments(x)
+    fold = _fold(x, mean_x, gram, weight, gamma, beta, bn_eps)
+    out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, fold.expansion,
+                                          maps=x.is_contiguous(), moments=moments)
+    mean = (fold.w @ mean_x).to(x.dtype)
+    unbiased = (fold.var * fold.count / max(fold.count - 1, 1)).to(x.dtype)
+    return out, mean, unbiased, stats, mean_x, gram
+
+
 @torch.library.custom_op("minnets::min_block_branch", mutates_args=(), device_types="cpu")
 def _branch(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float, weight_v: Tensor,
             weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor
             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    mean_x, gram = _moments(x)
+    return _branch_forward(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight)
+
+
+def _reduction_norm(moments: Tensor, pixels: int, gamma: Tensor, beta: Tensor, eps: float
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """The reduction's BatchNorm from its output's per-sample moments (``moments`` of
+    :func:`kernels.min_unit_forward`), in float64: the kernel's ``norm`` coefficients (the
+    backward pass's two rows still zero), the batch mean and the unbiased variance."""
+    shift, centred, squares = moments.unbind(1)  # (n, c) each
+    count = max(moments.shape[0] * pixels, 1)
+    mean = (pixels * shift + centred).sum(dim=0) / count
+    offset = shift - mean
+    m2 = (squares + 2 * offset * centred + pixels * offset * offset).sum(dim=0)  # sum of (out - mean)^2
+    inv_sigma = (m2 / count + eps).rsqrt()
+    gain = gamma.double() * inv_sigma
+    zeros = torch.zeros_like(mean)
+    norm = torch.stack([gain, beta.double() - gain * mean, mean, inv_sigma, zeros, zeros]).to(gamma.dtype)
+    return norm, mean.to(gamma.dtype), (m2 / max(count - 1, 1)).to(gamma.dtype)
+
+
+@torch.library.custom_op("minnets::min_block", mutates_args=(), device_types="cpu")
+def _block(x: Tensor, shortcut: Tensor | None, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float,
+           weight_v: Tensor, weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor, reduce_gamma: Tensor,
+           reduce_beta: Tensor, reduce_eps: float
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The whole Min-block in training mode: ``shortcut + ReLU(BN(branch))`` (``shortcut`` None:
+    x itself). Returns the output, then the reduction's output and ``norm`` for the backward
+    pass, the branch's bookkeeping (as ``min_block_branch``) and the reduction's batch mean and
+    unbiased variance."""
+    moments = x.new_empty(x.shape[0], 3, reduce_weight.shape[0], dtype=torch.float64)
+    reduced, *branch = _branch_forward(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight,
+                                       moments)
+    norm, reduce_mean, reduce_var = _reduction_norm(moments, reduced.shape[2] * reduced.shape[3], reduce_gamma,
+                                                    reduce_beta, reduce_eps)
+    out = kernels.reduce_norm_forward(reduced, norm, x if shortcut is None else shortcut)
+    return out, reduced, norm, *branch, reduce_mean, reduce_var
+
+
+def _through_branch(grad: Tensor, x: Tensor, mean_x: Tensor, gram: Tensor, weight: Tensor, gamma: Tensor,
+                    beta: Tensor, bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
+                    reduce_weight: Tensor, reduce_norm: tuple[Tensor, Tensor] | None = None,
+                    addend: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The branch's gradients from its input x and the moments the forward pass computed (through
+    the reduction's BatchNorm and ReLU too with ``reduce_norm``; x's plus ``addend``)."""
     fold = _fold(x, mean_x, gram, weight, gamma, beta, bn_eps)
-    out, stats = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, fold.expansion,
-                                          maps=x.is_contiguous())
-    mean = (fold.w @ mean_x).to(x.dtype)
-    unbiased = (fold.var * fold.count / max(fold.count - 1, 1)).to(x.dtype)
-    return out, mean, unbiased, stats, mean_x, gram
+    expansion = fold.expansion
+    _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
+        grad, None, weight_v, weight_g, stats, stride, True, expansion, reduce_weight, reduce_norm)
+    d_in = x.shape[1]
+    u_sum = expansion.sums[d_in]
+    u_x = expansion.sums[:d_in].T - torch.outer(u_sum, mean_x)  # sum_m u_m (x_m - mu)^T
+    d_weight, d_gamma, d_beta, cross, cross_bias = _fold_backward(fold, u_x, u_sum, x.dtype)
+    # [x - mu] @ cross + cross_bias = x @ cross + (cross_bias - mu @ cross)
+    d_x = kernels.expansion_input_grad(expansion, cross.to(x.dtype), (cross_bias - mean_x @ cross).to(x.dtype),
+                                       maps=x.is_contiguous(), addend=addend)
+    # Layouts as the fake implementation promises them: x's gradient as x, the rest contiguous.
+    return (d_x, *(t.contiguous() for t in (d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce)))
 
 
 @torch.library.custom_op("minnets::min_block_branch_backward", mutates_args=(), device_types="cpu")
@@ -117,19 +179,26 @@ def _branch_backward(grad: Tensor, x: Tensor, mean_x: Tensor, gram: Tensor, weig
                      beta: Tensor, bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
                      reduce_weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The branch's gradients from its input x and the moments the forward pass computed."""
-    fold = _fold(x, mean_x, gram, weight, gamma, beta, bn_eps)
-    expansion = fold.expansion
-    _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
-        grad, None, weight_v, weight_g, stats, stride, True, expansion, reduce_weight)
-    d_in = x.shape[1]
-    u_sum = expansion.sums[d_in]
-    u_x = expansion.sums[:d_in].T - torch.outer(u_sum, mean_x)  # sum_m u_m (x_m - mu)^T
-    d_weight, d_gamma, d_beta, cross, cross_bias = _fold_backward(fold, u_x, u_sum, x.dtype)
-    # [x - mu] @ cross + cross_bias = x @ cross + (cross_bias - mu @ cross)
-    d_x = kernels.expansion_input_grad(expansion, cross.to(x.dtype), (cross_bias - mean_x @ cross).to(x.dtype),
-                                       maps=x.is_contiguous())
-    # Layouts as the fake implementation promises them: x's gradient as x, the rest contiguous.
-    return (d_x, *(t.contiguous() for t in (d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce)))
+    return _through_branch(grad, x, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride,
+                           reduce_weight)
+
+
+@torch.library.custom_op("minnets::min_block_backward", mutates_args=(), device_types="cpu")
+def _block_backward(grad: Tensor, x: Tensor, identity: bool, mean_x: Tensor, gram: Tensor, weight: Tensor,
+                    gamma: Tensor, beta: Tensor, bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor,
+                    stride: int, reduce_weight: Tensor, reduced: Tensor, norm: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``min_block``'s gradients: the branch's, then the reduction's BatchNorm gamma and beta.
+    BatchNorm's backward, ``gain * (d - mean(d) - r_hat * mean(d * r_hat))``, needs two sums over
+    the batch first; the branch's kernel then applies it a sample at a time, in the cache."""
+    grad = grad.contiguous(memory_format=_layout(x))
+    sums = kernels.reduce_norm_sums(grad, reduced, norm)  # sum d, sum d * r_hat
+    count = max(reduced.numel() // max(reduced.shape[1], 1), 1)
+    gain, inv_sigma = norm[0].double(), norm[3].double()
+    coefficients = torch.cat([norm[:4], torch.stack([gain * sums[0], gain * inv_sigma * sums[1]]).div(count).to(norm)])
+    branch = _through_branch(grad, x, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride,
+                             reduce_weight, (reduced, coefficients), grad if identity else None)
+    return (*branch, sums[1].to(x.dtype), sums[0].to(x.dtype))
 
 
 @torch.library.custom_op("minnets::min_block_branch_inference", mutates_args=(), device_types="cpu")
@@ -154,25 +223,48 @@ def _fake_out(x: Tensor, weight_v: Tensor, stride: int, reduce_weight: Tensor) -
                        dtype=x.dtype, device=x.device, memory_format=_layout(x))
 
 
-@_branch.register_fake
-def _(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight):
+def _fake_branch(x: Tensor, weight: Tensor, weight_v: Tensor, stride: int, reduce_weight: Tensor) -> tuple:
     f, d_in = weight.shape[0], x.shape[1]
     return (_fake_out(x, weight_v, stride, reduce_weight), x.new_empty(f), x.new_empty(f),
             x.new_empty(x.shape[0], 4, f), x.new_empty(d_in, dtype=torch.float64),
             x.new_empty(d_in, d_in, dtype=torch.float64))
 
 
+def _fake_branch_grads(x: Tensor, *parameters: Tensor) -> tuple:
+    return (torch.empty_like(x, memory_format=_layout(x)),
+            *(torch.empty_like(t, memory_format=torch.contiguous_format) for t in parameters))
+
+
+@_branch.register_fake
+def _(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight):
+    return _fake_branch(x, weight, weight_v, stride, reduce_weight)
+
+
 @_branch_backward.register_fake
 def _(grad, x, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight):
-    d_x = torch.empty_like(x, memory_format=_layout(x))
-    return (d_x, *(
-        torch.empty_like(t, memory_format=torch.contiguous_format)
-        for t in (weight, gamma, beta, weight_v, weight_g, reduce_weight)))
+    return _fake_branch_grads(x, weight, gamma, beta, weight_v, weight_g, reduce_weight)
 
 
 @_branch_inference.register_fake
 def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight, reduce_bias, reduce_relu):
     return _fake_out(x, weight_v, stride, reduce_weight)
+
+
+@_block.register_fake
+def _(x, shortcut, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight, reduce_gamma,
+      reduce_beta, reduce_eps):
+    d_out = reduce_weight.shape[0]
+    _, *branch = _fake_branch(x, weight, weight_v, stride, reduce_weight)
+    return (_fake_out(x, weight_v, stride, reduce_weight), _fake_out(x, weight_v, stride, reduce_weight),
+            x.new_empty(6, d_out), *branch, x.new_empty(d_out), x.new_empty(d_out))
+
+
+@_block_backward.register_fake
+def _(grad, x, identity, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight,
+      reduced, norm):
+    d_out = reduce_weight.shape[0]
+    return (*_fake_branch_grads(x, weight, gamma, beta, weight_v, weight_g, reduce_weight), x.new_empty(d_out),
+            x.new_empty(d_out))
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
@@ -193,6 +285,30 @@ def _backward(ctx, grad: Tensor, *_unused: Tensor) -> tuple:
 
 
 _branch.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _block_setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    x, shortcut, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, *_ = inputs
+    reduce_weight = inputs[10]
+    _, reduced, norm, _, _, stats, mean_x, gram, _, _ = output
+    ctx.save_for_backward(x, mean_x, gram, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight, reduced,
+                          norm)
+    ctx.bn_eps, ctx.stride, ctx.identity = bn_eps, stride, shortcut is None
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+
+
+def _block_backward_rule(ctx, grad: Tensor, *_unused: Tensor) -> tuple:
+    if grad is None:
+        return (None,) * 14
+    x, mean_x, gram, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight, reduced, norm = ctx.saved_tensors
+    d = _block_backward(grad, x, ctx.identity, mean_x, gram, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g,
+                        stats, ctx.stride, reduce_weight, reduced, norm)
+    d_shortcut = None if ctx.identity else grad
+    return d[0], d_shortcut, d[1], d[2], d[3], None, d[4], d[5], None, None, d[6], d[7], d[8], None
+
+
+_block.register_autograd(_block_backward_rule, setup_context=_block_setup_context)
 
 
 def _is_conv1x1(conv: nn.Module) -> bool:
@@ -261,6 +377,17 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
         # The projection's 1x1 conv is faster on a channels-last copy, which the branch reads too.
         x = x.contiguous(memory_format=_CHANNELS_LAST)
     filters = (unit.filter_v.weight, unit.filter_g.weight, unit.stride, unit.eps)
+    if (bn.training or bn.running_mean is None) and _batch_statistics(reduce):
+        norm = reduce[1]
+        shortcut = None if getattr(block.shortcut, "is_identity", False) else block.shortcut(x)
+        total, _, _, mean, var, _, _, _, reduce_mean, reduce_var = _block(
+            x, shortcut, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight, norm.weight, norm.bias,
+            norm.eps)
+        if bn.training:
+            _running_update(bn, mean, var)
+        if norm.training:
+            _running_update(norm, reduce_mean, reduce_var)
+        return total if x is given else _ChannelsLastGradient.apply(total).contiguous()
     if bn.training or bn.running_mean is None:
         out, mean, var, *_ = _branch(x, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight)
         if bn.training:
@@ -277,6 +404,12 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
         return None
     total = block.shortcut(x) + branch  # both in x's format
     return total if x is given else _ChannelsLastGradient.apply(total).contiguous()
+
+
+def _batch_statistics(reduce: nn.Module) -> bool:
+    """Whether ``reduce`` is exactly conv, BatchNorm normalising with batch statistics, ReLU: then
+    the whole block runs as ``minnets::min_block``."""
+    return _foldable(reduce) and (reduce[1].training or reduce[1].running_mean is None)
 
 
 def _running_fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
