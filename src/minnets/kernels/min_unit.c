@@ -296,28 +296,42 @@ static void axis_covers(AxisCover *covers, long size, long out_size, const Geome
     }
 }
 
+/* One output row's share of x's gradient at an input pixel: the output pixels (out_row, cols)
+ * with taps (tap_row, cols), added to *sum_v and *sum_g. */
+INLINE void gather_row(const float *d_v, const float *d_g, const float *w_v, const float *w_g, const Geometry *geo,
+                       const AxisCover *cols, long out_row, long tap_row, long k0, int width, vec *sum_v, vec *sum_g)
+{
+    const long c = geo->channels;
+    vec acc_v = *sum_v, acc_g = *sum_g;
+    for (long b = 0; b < cols->count; ++b) {
+        const long p = (out_row * geo->out_width + cols->out[b]) * c + k0;
+        const long t = (tap_row * geo->kernel + cols->tap[b]) * c + k0;
+        acc_v += load(d_v + p, width) * load(w_v + t, width);
+        acc_g += load(d_g + p, width) * load(w_g + t, width);
+    }
+    *sum_v = acc_v;
+    *sum_g = acc_g;
+}
+
 /* x's gradient at input pixel (iy, ix), channels [k0, k0 + width), gathered from the output
  * pixels whose window covers it (rows x cols of them: see axis_covers), written once, zeroed
  * where a ReLU before the unit was off. Four independent chains of multiply-adds: v and g,
- * even and odd output rows. */
+ * even and odd output rows, in named variables (an array indexed by the row's parity stayed in
+ * memory: measured). */
 INLINE void input_gradient_pixel(const float *x, const float *d_v, const float *d_g, const float *w_v,
                                  const float *w_g, float *d_x, const Geometry *geo, const AxisCover *rows,
                                  const AxisCover *cols, long q, long k0, int width, int input_is_relu)
 {
     const long c = geo->channels;
-    vec acc[4] = {0};
-    for (long a = 0; a < rows->count; ++a) {
-        const int e = (int)(a & 1);
-        for (long b = 0; b < cols->count; ++b) {
-            const long p = (rows->out[a] * geo->out_width + cols->out[b]) * c + k0;
-            const long t = (rows->tap[a] * geo->kernel + cols->tap[b]) * c + k0;
-            acc[2 * e] += load(d_v + p, width) * load(w_v + t, width);
-            acc[2 * e + 1] += load(d_g + p, width) * load(w_g + t, width);
-        }
+    vec even_v = {0}, even_g = {0}, odd_v = {0}, odd_g = {0};
+    for (long a = 0; a < rows->count; a += 2) {
+        gather_row(d_v, d_g, w_v, w_g, geo, cols, rows->out[a], rows->tap[a], k0, width, &even_v, &even_g);
+        if (a + 1 < rows->count)
+            gather_row(d_v, d_g, w_v, w_g, geo, cols, rows->out[a + 1], rows->tap[a + 1], k0, width, &odd_v, &odd_g);
     }
-    acc[0] = (acc[0] + acc[2]) + (acc[1] + acc[3]);
-    if (input_is_relu) acc[0] = (vec)((ivec)acc[0] & (load(ROW(x, q, c) + k0, width) > 0.0f));
-    store(ROW(d_x, q, c) + k0, acc[0], width);
+    vec sum = (even_v + odd_v) + (even_g + odd_g);
+    if (input_is_relu) sum = (vec)((ivec)sum & (load(ROW(x, q, c) + k0, width) > 0.0f));
+    store(ROW(d_x, q, c) + k0, sum, width);
 }
 
 /* The same for a row of input pixels [ix0, ix1) of a 3x3 filter with stride 1 whose output
@@ -457,10 +471,15 @@ INLINE void outer_sums_tile(const float *restrict u, long c, const float *restri
             for (int jv = 0; jv < jn; ++jv) acc[mi][jv] += up * r[jv];
         }
     }
+    /* Unrolled, so that acc is only ever indexed by constants: otherwise GCC keeps the tile in
+     * memory and stores every accumulator at every pixel (measured: 2.5x slower). */
+    #pragma GCC unroll 4
     for (int mi = 0; mi < mr; ++mi)
+        #pragma GCC unroll 4
         for (int jv = 0; jv < jn; ++jv) {
-            float lanes[CHUNK];  /* a copy, so that acc is only ever indexed by constants and stays in registers */
-            memcpy(lanes, &acc[mi][jv], sizeof lanes);
+            const vec tile = acc[mi][jv];
+            float lanes[CHUNK];
+            memcpy(lanes, &tile, sizeof lanes);
             double *restrict dest = ROW(sums, m0 + mi, width) + j0 + CHUNK * jv;
             for (int l = 0; l < (jv == jn - 1 ? last : CHUNK); ++l) dest[l] += lanes[l];
         }
