@@ -688,35 +688,72 @@ static void sum_threads(const double *partial, int threads, size_t stride, size_
  * where d is the gradient at the BatchNorm's output and r_hat = (r - mean) / sigma. A sample of
  * r, the shortcut and their gradients is c runs of hw pixels with `maps` (NCHW), else hw rows of c. */
 
-INLINE float rectified(float r, float gain, float shift)
+enum { NORM_FORWARD, NORM_SUMS, NORM_BACKWARD };
+
+/* One vector of `op` at element `at` of a sample: NORM_FORWARD writes ReLU(gain * r + shift) (+ other,
+ * the shortcut, where given) to out; NORM_SUMS adds d and d * r_hat to *sum and *dot, d being
+ * `other` (the gradient) where the ReLU is on; NORM_BACKWARD writes r's gradient to out.
+ * co: the six rows of norm, for these lanes' channels. */
+INLINE void norm_vector(int op, const float *r, const float *other, float *out, long at, int width, const vec co[6],
+                        vec *sum, vec *dot)
 {
-    const float y = gain * r + shift;
-    return y > 0.0f ? y : 0.0f;
+    const vec rv = load(r + at, width);
+    const vec y = co[0] * rv + co[1];
+    const ivec on = y > 0.0f;
+    if (op == NORM_FORWARD) {
+        vec value = (vec)((ivec)y & on);
+        if (other != NULL) value += load(other + at, width);
+        store(out + at, value, width);
+        return;
+    }
+    const vec d = (vec)((ivec)load(other + at, width) & on);
+    if (op == NORM_SUMS) {
+        *sum += d;
+        *dot += d * ((rv - co[2]) * co[3]);
+    } else {
+        store(out + at, co[0] * d - co[4] - co[5] * (rv - co[2]), width);
+    }
+}
+
+/* `op` over one sample (c channels, hw pixels; NCHW with maps, else channels-last), vectors
+ * along the pixels of a channel or along the channels of a pixel. NORM_SUMS adds to sums[0..2c),
+ * in float over SUM_BLOCK pixels, then in double. */
+INLINE void norm_sample(int op, const float *r, const float *other, const float *norm, float *out, double *sums,
+                        long c, long hw, int maps)
+{
+    for (long k0 = 0; k0 < c; k0 += maps ? 1 : CHUNK) {
+        const int lanes = maps ? 1 : (c - k0 < CHUNK ? (int)(c - k0) : CHUNK);
+        vec co[6];
+        for (int row = 0; row < 6; ++row)
+            co[row] = maps ? norm[row * c + k0] + (vec){0} : load(norm + row * c + k0, lanes);
+        for (long p0 = 0; p0 < hw; p0 += SUM_BLOCK) {
+            const long p1 = p0 + SUM_BLOCK < hw ? p0 + SUM_BLOCK : hw;
+            vec sum = {0}, dot = {0};
+            if (maps)
+                for (long p = p0; p < p1; p += CHUNK)
+                    norm_vector(op, r, other, out, k0 * hw + p, p1 - p < CHUNK ? (int)(p1 - p) : CHUNK, co, &sum, &dot);
+            else
+                for (long p = p0; p < p1; ++p) norm_vector(op, r, other, out, p * c + k0, lanes, co, &sum, &dot);
+            if (op != NORM_SUMS) continue;
+            float sum_lanes[CHUNK], dot_lanes[CHUNK];
+            memcpy(sum_lanes, &sum, sizeof sum_lanes);
+            memcpy(dot_lanes, &dot, sizeof dot_lanes);
+            for (int l = 0; l < (maps ? CHUNK : lanes); ++l) {
+                sums[k0 + (maps ? 0 : l)] += sum_lanes[l];
+                sums[c + k0 + (maps ? 0 : l)] += dot_lanes[l];
+            }
+        }
+    }
 }
 
 /* out = shortcut + ReLU(gain * r + shift), shortcut NULL for none. */
 int minnets_reduce_norm_forward(const float *r, const float *norm, const float *shortcut, float *out, long batch,
                                 long c, long hw, int maps, int threads)
 {
-    const float *gain = norm, *shift = norm + c;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < batch; ++n) {
         const size_t at = (size_t)(n * c * hw);
-        const float *restrict rs = r + at, *restrict add = shortcut != NULL ? shortcut + at : NULL;
-        float *restrict dest = out + at;
-        if (maps) {
-            for (long k = 0; k < c; ++k)
-                for (long p = 0; p < hw; ++p) {
-                    const long i = k * hw + p;
-                    dest[i] = rectified(rs[i], gain[k], shift[k]) + (add != NULL ? add[i] : 0.0f);
-                }
-        } else {
-            for (long p = 0; p < hw; ++p)
-                for (long k = 0; k < c; ++k) {
-                    const long i = p * c + k;
-                    dest[i] = rectified(rs[i], gain[k], shift[k]) + (add != NULL ? add[i] : 0.0f);
-                }
-        }
+        norm_sample(NORM_FORWARD, r + at, shortcut != NULL ? shortcut + at : NULL, norm, out + at, NULL, c, hw, maps);
     }
     return 0;
 }
@@ -726,59 +763,20 @@ int minnets_reduce_norm_forward(const float *r, const float *norm, const float *
 int minnets_reduce_norm_sums(const float *grad, const float *r, const float *norm, double *sums, long batch, long c,
                              long hw, int maps, int threads)
 {
-    const float *gain = norm, *shift = norm + c, *mean = norm + 2 * c, *inv_sigma = norm + 3 * c;
     double *partial = calloc((size_t)threads * 2 * (size_t)c, sizeof(double));
     if (partial == NULL) return 1;
-    int failed = 0;
-    #pragma omp parallel num_threads(threads) reduction(|:failed)
+    #pragma omp parallel num_threads(threads)
     {
-        float *part = malloc(sizeof(float) * 2 * (size_t)c);
         double *mine = partial + (size_t)omp_get_thread_num() * 2 * (size_t)c;
-        failed = part == NULL;
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
-            if (failed) continue;
             const size_t at = (size_t)(n * c * hw);
-            const float *restrict gs = grad + at, *restrict rs = r + at;
-            if (maps) {  /* a channel's pixels in vectors, in float over SUM_BLOCK pixels, then in double */
-                for (long k = 0; k < c; ++k)
-                    for (long p0 = 0; p0 < hw; p0 += SUM_BLOCK) {
-                        const long p1 = p0 + SUM_BLOCK < hw ? p0 + SUM_BLOCK : hw;
-                        vec sum = {0}, dot = {0};
-                        for (long p = p0; p < p1; p += CHUNK) {
-                            const int width = p1 - p < CHUNK ? (int)(p1 - p) : CHUNK;
-                            const vec rv = load(rs + k * hw + p, width), gv = load(gs + k * hw + p, width);
-                            const vec d = (vec)((ivec)gv & (gain[k] * rv + shift[k] > 0.0f));
-                            sum += d;
-                            dot += d * ((rv - mean[k]) * inv_sigma[k]);
-                        }
-                        float lanes[2][CHUNK];
-                        memcpy(lanes[0], &sum, sizeof lanes[0]);
-                        memcpy(lanes[1], &dot, sizeof lanes[1]);
-                        for (int l = 0; l < CHUNK; ++l) {
-                            mine[k] += lanes[0][l];
-                            mine[c + k] += lanes[1][l];
-                        }
-                    }
-            } else {
-                memset(part, 0, sizeof(float) * 2 * (size_t)c);
-                for (long p0 = 0; p0 < hw; p0 += BLOCK) {
-                    for (long p = p0; p < block_end(p0, hw); ++p)
-                        for (long k = 0; k < c; ++k) {
-                            const long i = p * c + k;
-                            const float d = rectified(rs[i], gain[k], shift[k]) > 0.0f ? gs[i] : 0.0f;
-                            part[k] += d;
-                            part[c + k] += d * ((rs[i] - mean[k]) * inv_sigma[k]);
-                        }
-                    flush(mine, part, 2 * c);
-                }
-            }
+            norm_sample(NORM_SUMS, r + at, grad + at, norm, NULL, mine, c, hw, maps);
         }
-        free(part);
     }
     sum_threads(partial, threads, 2 * (size_t)c, 2 * (size_t)c, NULL, sums);
     free(partial);
-    return failed;
+    return 0;
 }
 
 /* One sample's gradient at r: gain * d - gain * mean(d) - gain / sigma * mean(d * r_hat) * (r - mean),
@@ -786,23 +784,7 @@ int minnets_reduce_norm_sums(const float *grad, const float *r, const float *nor
 static void reduce_norm_backward(const float *restrict grad, const float *restrict r, const float *restrict norm,
                                  float *restrict out, long c, long hw, int maps)
 {
-    const float *gain = norm, *shift = norm + c, *mean = norm + 2 * c;
-    const float *gain_mean = norm + 4 * c, *gain_dot = norm + 5 * c;
-    if (maps) {
-        for (long k = 0; k < c; ++k)
-            for (long p = 0; p < hw; ++p) {
-                const long i = k * hw + p;
-                const float d = rectified(r[i], gain[k], shift[k]) > 0.0f ? grad[i] : 0.0f;
-                out[i] = gain[k] * d - gain_mean[k] - gain_dot[k] * (r[i] - mean[k]);
-            }
-    } else {
-        for (long p = 0; p < hw; ++p)
-            for (long k = 0; k < c; ++k) {
-                const long i = p * c + k;
-                const float d = rectified(r[i], gain[k], shift[k]) > 0.0f ? grad[i] : 0.0f;
-                out[i] = gain[k] * d - gain_mean[k] - gain_dot[k] * (r[i] - mean[k]);
-            }
-    }
+    norm_sample(NORM_BACKWARD, r, grad, norm, out, NULL, c, hw, maps);
 }
 
 /* Per channel of (hw x c) rows: a shift (the mean, rounded to float), then the sums of
