@@ -423,9 +423,11 @@ INLINE void filter_gradients_chunk(const float *restrict x, const float *restric
     }
 }
 
-/* Both convolutions' backward for one sample: x's gradient into d_x, the filters' into dw_v, dw_g. */
-static void convolve_backward(const float *restrict x, const float *restrict d_v, const float *restrict d_g,
-                              const float *restrict w_v, const float *restrict w_g, float *restrict d_x,
+/* Both convolutions' backward for one sample: x's gradient into d_x, the filters' into dw_v, dw_g.
+ * d_x may be x itself: a chunk of channels takes its filter gradients before x's gradient
+ * overwrites it, and x's gradient at a pixel reads only that pixel of x. */
+static void convolve_backward(const float *x, const float *restrict d_v, const float *restrict d_g,
+                              const float *restrict w_v, const float *restrict w_g, float *d_x,
                               float *restrict dw_v, float *restrict dw_g, const Geometry *geo,
                               const AxisCover *rows, const AxisCover *cols, int input_is_relu)
 {
@@ -435,11 +437,11 @@ static void convolve_backward(const float *restrict x, const float *restrict d_v
     for (long k0 = 0; k0 < c; k0 += CHUNK) {
         const int width = c - k0 < CHUNK ? (int)(c - k0) : CHUNK;
         if (width == CHUNK) {
-            input_gradient_chunk(x, d_v, d_g, w_v, w_g, d_x, geo, rows, cols, k0, CHUNK, input_is_relu);
             filter_gradients_chunk(x, d_v, d_g, dw_v, dw_g, geo, k0, CHUNK);
+            input_gradient_chunk(x, d_v, d_g, w_v, w_g, d_x, geo, rows, cols, k0, CHUNK, input_is_relu);
         } else {
-            input_gradient_chunk(x, d_v, d_g, w_v, w_g, d_x, geo, rows, cols, k0, width, input_is_relu);
             filter_gradients_chunk(x, d_v, d_g, dw_v, dw_g, geo, k0, width);
+            input_gradient_chunk(x, d_v, d_g, w_v, w_g, d_x, geo, rows, cols, k0, width, input_is_relu);
         }
     }
 }
@@ -915,10 +917,12 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
-        const size_t expand_scratch = expanding ? 2 * in_size + (size_t)(hw * d_in) : 0;  /* the recomputed input, u, the block's input */
-        /* unit output, its gradient, the output gradient as rows, and before the BatchNorm as maps */
+        /* The recomputed input, then u in its place; the block's input. */
+        const size_t expand_scratch = expanding ? in_size + (size_t)(hw * d_in) : 0;
+        /* The unit's output, then its gradient in its place; the output gradient as rows, and
+         * before the BatchNorm as maps. Reusing buffers keeps a sample's working set in the L2 cache. */
         const size_t reduced_size = (size_t)(hw_out * d_out);
-        const size_t reduce_scratch = reducing ? 2 * out_size + (grad_maps || reduce_norm != NULL ? reduced_size : 0)
+        const size_t reduce_scratch = reducing ? out_size + (grad_maps || reduce_norm != NULL ? reduced_size : 0)
                                                      + (grad_maps && reduce_norm != NULL ? reduced_size : 0) : 0;
         float *scratch = malloc(sizeof(float) * (2 * out_size + 2 * filter_size + 8 * (size_t)channels
                                                  + expand_scratch + reduce_scratch));
@@ -926,9 +930,9 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
         double *mine = partial + (size_t)omp_get_thread_num() * per_thread;
         failed = scratch == NULL || sums == NULL;
         float *v = scratch, *g = v + out_size, *dw = g + out_size, *coef = dw + 2 * filter_size;
-        float *part = coef + 4 * channels, *input = part + 4 * channels, *u = input + (expanding ? in_size : 0);
-        float *transposed = u + (expanding ? in_size : 0), *unit = transposed + (expanding ? hw * d_in : 0);
-        float *unit_grad = unit + (reducing ? out_size : 0), *grad_rows = unit_grad + (reducing ? out_size : 0);
+        float *part = coef + 4 * channels, *input = part + 4 * channels, *u = input;
+        float *transposed = input + (expanding ? in_size : 0), *unit = transposed + (expanding ? hw * d_in : 0);
+        float *grad_rows = unit + (reducing ? out_size : 0);
         float *grad_maps_scratch = grad_rows + reduced_size;
         #pragma omp for schedule(static)
         for (long n = 0; n < batch; ++n) {
@@ -953,9 +957,9 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
                     grad_reduced = grad_rows;
                 }
                 min_output(v, g, sample_stats, unit, hw_out, channels, channels);
-                product(grad_reduced, d_out, reduce, unit_grad, channels, hw_out, NULL, 0, 0);
                 outer_sums(grad_reduced, d_out, unit, channels, mine + 2 * filter_size + expand_size, hw_out);
-                grad_unit = unit_grad;
+                product(grad_reduced, d_out, reduce, unit, channels, hw_out, NULL, 0, 0);
+                grad_unit = unit;
             }
             norm_backward(grad_unit, v, g, sample_stats, hw_out, channels, sums, part, coef);
             convolve_backward(xs, v, g, w_v, w_g, expanding ? u : grad_x + n * in_size, dw, dw + filter_size, &geo,
