@@ -115,19 +115,49 @@ INLINE void convolve_pixel(const float *x, const float *w_v, const float *w_g, f
     store(g + k0, acc_g, width);
 }
 
+/* Channels [k0, k0 + width) of both depthwise convolutions of one sample. For 3x3 filters the
+ * nine taps of both stay in registers, and pixels whose window lies inside the input take them
+ * unrolled; border pixels (and other sizes) loop over the taps that fall inside. */
+INLINE void convolve_chunk(const float *x, const float *w_v, const float *w_g, float *v, float *g,
+                           const Geometry *geo, long k0, int width)
+{
+    const long c = geo->channels;
+    const int three = geo->kernel == 3;
+    vec wv[9] = {0}, wg[9] = {0};
+    if (three)
+        for (int t = 0; t < 9; ++t) {
+            wv[t] = load(ROW(w_v, t, c) + k0, width);
+            wg[t] = load(ROW(w_g, t, c) + k0, width);
+        }
+    for (long oy = 0; oy < geo->out_height; ++oy)
+        for (long ox = 0; ox < geo->out_width; ++ox) {
+            const Window win = window(geo, oy, ox);
+            const long p = oy * geo->out_width + ox;
+            if (!(three && win.i_lo == 0 && win.i_hi == 3 && win.j_lo == 0 && win.j_hi == 3)) {
+                convolve_pixel(x, w_v, w_g, ROW(v, p, c), ROW(g, p, c), geo, win, k0, width);
+                continue;
+            }
+            vec acc_v = {0}, acc_g = {0};
+            for (int i = 0; i < 3; ++i)
+                for (int j = 0; j < 3; ++j) {
+                    const vec xq = load(ROW(x, (win.y0 + i) * geo->width + win.x0 + j, c) + k0, width);
+                    acc_v += xq * wv[3 * i + j];
+                    acc_g += xq * wg[3 * i + j];
+                }
+            store(ROW(v, p, c) + k0, acc_v, width);
+            store(ROW(g, p, c) + k0, acc_g, width);
+        }
+}
+
 /* Both depthwise convolutions of one sample (zero padding k/2) into v and g. */
 static void convolve(const float *restrict x, const float *restrict w_v, const float *restrict w_g,
                      float *restrict v, float *restrict g, const Geometry *geo)
 {
     const long c = geo->channels;
-    for (long oy = 0; oy < geo->out_height; ++oy)
-        for (long ox = 0; ox < geo->out_width; ++ox) {
-            const Window win = window(geo, oy, ox);
-            const long p = oy * geo->out_width + ox;
-            long k0 = 0;
-            for (; k0 + CHUNK <= c; k0 += CHUNK) convolve_pixel(x, w_v, w_g, ROW(v, p, c), ROW(g, p, c), geo, win, k0, CHUNK);
-            if (k0 < c) convolve_pixel(x, w_v, w_g, ROW(v, p, c), ROW(g, p, c), geo, win, k0, (int)(c - k0));
-        }
+    for (long k0 = 0; k0 < c; k0 += CHUNK) {
+        if (c - k0 >= CHUNK) convolve_chunk(x, w_v, w_g, v, g, geo, k0, CHUNK);
+        else convolve_chunk(x, w_v, w_g, v, g, geo, k0, (int)(c - k0));
+    }
 }
 
 /* Per-channel sums run in float over blocks of BLOCK pixels (vectorised across channels), and
