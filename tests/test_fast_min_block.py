@@ -215,6 +215,34 @@ def test_a_replaced_expansion_still_runs_as_written():
     assert_close(block(x), expected)
 
 
+@pytest.mark.parametrize("frozen", ["expand", "reduce"])
+def test_a_frozen_batchnorm_in_a_training_block_matches_plain(frozen):
+    """One BatchNorm in evaluation (running statistics) while the block trains: with the
+    reduction's frozen, the fused operator stops before it (``min_block_branch``); with the
+    expansion's, the modules run."""
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinBlock(8, 8, 1), MinBlock(8, 8, 1))
+    for block in (plain, fast):
+        getattr(block, frozen)[1].eval()
+    assert_same(plain, fast, torch.randn(3, 8, 6, 6))
+
+
+def test_reduction_outputs_far_from_zero_mean_keep_their_precision():
+    """The reduction's BatchNorm takes its statistics from per-sample shifted sums: an output
+    whose mean is several standard deviations from 0 (all-positive weights on non-negative unit
+    outputs) must still give BatchNorm's variance and gradients."""
+    torch.manual_seed(0)
+    plain, fast = twins(PlainMinBlock(8, 32, 1), MinBlock(8, 32, 1))
+    with torch.no_grad():
+        plain.reduce[0].weight.uniform_(1.0, 1.1)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 8, 8, 8)
+    with torch.no_grad():
+        reduced = fast.reduce[0](fast.min_unit(fast.expand(x)))
+    assert float(reduced.mean()) > 3 * float(reduced.std())
+    assert_same(plain, fast, x)
+
+
 def test_ties_split_the_gradient_like_torch_minimum():
     """Equal filters give equal branches everywhere: each filter must get half the gradient."""
     torch.manual_seed(0)

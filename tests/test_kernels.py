@@ -87,6 +87,31 @@ def test_input_is_relu_zeroes_the_input_gradient_where_the_input_is_zero():
 
 
 @needs_compiler
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("channels, size", [(12, 7), (16, 4), (33, 5)])
+def test_reduction_norm_passes_match_their_formulas(channels_last, channels, size):
+    """The passes of the reduction's BatchNorm: ``shortcut + ReLU(gain * r + shift)`` and the
+    sums of ``d`` and ``d * (r - mean) / sigma`` (``d``: the gradient where the ReLU is on),
+    against the formulas in float64, for whole and partial vectors of channels and pixels."""
+    torch.manual_seed(0)
+    r, grad, shortcut = (torch.randn(3, channels, size, size) for _ in range(3))
+    norm = torch.cat([torch.rand(1, channels) + 0.5, torch.randn(3, channels), torch.zeros(2, channels)])
+    norm[3].abs_()
+    if channels_last:
+        r, grad, shortcut = (t.contiguous(memory_format=torch.channels_last) for t in (r, grad, shortcut))
+    gain, shift, mean, inv_sigma = (row.double().view(1, -1, 1, 1) for row in norm[:4])
+    y = gain * r.double() + shift
+    d = grad.double() * (y > 0)
+    expected_sums = torch.stack([d.sum(dim=(0, 2, 3)), (d * (r.double() - mean) * inv_sigma).sum(dim=(0, 2, 3))])
+    out = kernels.reduce_norm_forward(r, norm, shortcut)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(out.double(), shortcut.double() + y.clamp(min=0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kernels.reduce_norm_forward(r, norm, None).double(), y.clamp(min=0),
+                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kernels.reduce_norm_sums(grad, r, norm), expected_sums, rtol=1e-6, atol=1e-5)
+
+
+@needs_compiler
 def test_results_do_not_depend_on_the_thread_count():
     """Samples are independent and filter gradients are summed in a fixed order: maps are
     bit-identical for any thread count, filter gradients equal to float rounding, and a repeat
