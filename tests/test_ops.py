@@ -163,18 +163,19 @@ def test_fused_min_block_operator_registration_passes_opcheck():
     torch.library.opcheck(torch.ops.minnets.min_block_branch.default, args)
 
 
-@pytest.mark.parametrize("stride, identity", [(1, True), (2, False)], ids=["identity", "shortcut"])
-def test_whole_min_block_operator_registration_passes_opcheck(stride, identity):
+@pytest.mark.parametrize("residual, stride", [("input", 1), ("pooled", 2), ("given", 2)])
+def test_whole_min_block_operator_registration_passes_opcheck(residual, stride):
     """``minnets::min_block``: the block with its reduction's BatchNorm, ReLU and shortcut sum;
-    the shortcut is x itself (None) or a given tensor, which gets the output's gradient."""
+    the shortcut is x itself, the pooled x (odd size: cut windows), or a given tensor, which
+    gets the output's gradient."""
     if not kernels.available():
         pytest.skip("no C compiler: the native kernel is not built")
     torch.manual_seed(7)
-    block = MinBlock(6, 6 if identity else 8, stride=stride)
+    block = MinBlock(6, 6 if residual == "input" else 8, stride=stride)
     x = torch.randn(2, 6, 7, 7, requires_grad=True)
-    shortcut = None if identity else block.shortcut(x).detach().requires_grad_(True)
+    shortcut = block.shortcut(x).detach().requires_grad_(True) if residual == "given" else None
     norm = block.reduce[1]
-    args = (x, shortcut, block.expand[0].weight, block.expand[1].weight, block.expand[1].bias, 1e-5,
+    args = (x, shortcut, residual, block.expand[0].weight, block.expand[1].weight, block.expand[1].bias, 1e-5,
             block.min_unit.filter_v.weight, block.min_unit.filter_g.weight, stride, 1e-5, block.reduce[0].weight,
             norm.weight, norm.bias, 1e-5)
     torch.library.opcheck(torch.ops.minnets.min_block.default, args)

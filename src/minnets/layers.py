@@ -54,6 +54,11 @@ class Shortcut(nn.Module):
         """Whether the shortcut returns its input unchanged (stride 1, no projection, as wide)."""
         return self.stride == 1 and self.projection is None and self.d_out == self.d_in
 
+    @property
+    def is_pooling(self) -> bool:
+        """Whether the shortcut is the 2x2 average pool with zero channels appended (stride 2, no projection)."""
+        return self.stride == 2 and self.projection is None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
         if self.projection is not None:

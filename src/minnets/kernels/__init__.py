@@ -127,8 +127,9 @@ def _load() -> ctypes.CDLL | None:
         library.minnets_min_unit_backward.argtypes = ([pointer] * 8 + [size] * 6 + [flag, pointer] + [size] * 3
                                                       + [pointer] * 5 + [size] + [pointer] * 2 + [size]
                                                       + [pointer] * 2 + [flag, flag])
-        library.minnets_expansion_input_grad.argtypes = [pointer] * 2 + [size] * 6 + [pointer] * 4 + [flag]
-        library.minnets_reduce_norm_forward.argtypes = [pointer] * 4 + [size] * 3 + [flag, flag]
+        library.minnets_expansion_input_grad.argtypes = ([pointer] * 2 + [size] * 6 + [pointer] * 5 + [size] * 3
+                                                         + [flag])
+        library.minnets_reduce_norm_forward.argtypes = [pointer] * 4 + [size] * 3 + [flag, pointer] + [size] * 3 + [flag]
         library.minnets_reduce_norm_sums.argtypes = [pointer] * 4 + [size] * 3 + [flag, flag]
         _library = library
         return library
@@ -284,21 +285,29 @@ def min_unit_backward(grad: torch.Tensor, x: torch.Tensor | None, weight_v: torc
 
 
 def expansion_input_grad(expansion: Expansion, cross: torch.Tensor, bias: torch.Tensor, maps: bool = False,
-                         addend: torch.Tensor | None = None) -> torch.Tensor:
+                         addend: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
     """``expansion.grad_rows + x @ cross + bias`` at every pixel of the block's input x (in place),
     as the ``(n, d_in, h, w)`` gradient of x (``cross``: ``(d_in, d_in)``): NCHW with ``maps``,
-    else channels-last; plus ``addend`` (an identity shortcut's gradient) where given."""
+    else channels-last; plus ``addend`` (an identity shortcut's gradient) where given, or (NCHW
+    only) the gradient through :func:`reduce_norm_forward`'s pooled shortcut of the gradient
+    ``pooled`` at its output."""
     n, d_in, h, w = expansion.x.shape
     grad_rows = expansion.grad_rows
     cross, bias = cross.contiguous(), bias.contiguous()
     out = torch.empty(n, d_in, h, w) if maps else grad_rows.view(n, h, w, d_in).permute(0, 3, 1, 2)
     if addend is not None:
         addend = addend.contiguous(memory_format=_format(maps))
+    if pooled is not None:
+        if not maps:
+            raise ValueError("the pooled shortcut's gradient needs NCHW maps")
+        pooled = pooled.contiguous()
     if grad_rows.numel():
         _check(_load().minnets_expansion_input_grad(grad_rows.data_ptr(), expansion.x.data_ptr(), *expansion.strides,
                                                     n, h * w, d_in, cross.data_ptr(), bias.data_ptr(),
                                                     out.data_ptr() if maps else None,
                                                     None if addend is None else addend.data_ptr(),
+                                                    None if pooled is None else pooled.data_ptr(),
+                                                    0 if pooled is None else pooled.shape[1], h, w,
                                                     torch.get_num_threads()))
     return out
 
@@ -307,19 +316,27 @@ def _format(maps: bool) -> torch.memory_format:
     return torch.contiguous_format if maps else torch.channels_last
 
 
-def reduce_norm_forward(reduced: torch.Tensor, norm: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+def reduce_norm_forward(reduced: torch.Tensor, norm: torch.Tensor, shortcut: torch.Tensor | None,
+                        pool: torch.Tensor | None = None) -> torch.Tensor:
     """``shortcut + ReLU(gain * reduced + shift)`` per channel, ``gain`` and ``shift`` the first
     two rows of ``norm`` (``(6, c)``: gain, shift, mean, 1 / sigma of the reduction's BatchNorm,
-    then the two backward coefficients), in ``reduced``'s layout (NCHW or channels-last)."""
+    then the two backward coefficients), in ``reduced``'s layout (NCHW or channels-last). With
+    ``pool`` instead of a shortcut (NCHW only), the shortcut is the stride-2 block's: ``pool``'s
+    2x2 average pool (ceil mode) with zero channels appended."""
     n, c, h, w = reduced.shape
     maps = reduced.is_contiguous()
     if shortcut is not None:
         shortcut = shortcut.contiguous(memory_format=_format(maps))
+    if pool is not None:
+        if not maps:
+            raise ValueError("the pooled shortcut needs NCHW maps")
+        pool = pool.contiguous()
     out = torch.empty_like(reduced, memory_format=_format(maps))
     if out.numel():
         _check(_load().minnets_reduce_norm_forward(
             reduced.data_ptr(), norm.contiguous().data_ptr(), None if shortcut is None else shortcut.data_ptr(),
-            out.data_ptr(), n, c, h * w, int(maps), torch.get_num_threads()))
+            out.data_ptr(), n, c, h * w, int(maps), None if pool is None else pool.data_ptr(),
+            *((0, 0, 0) if pool is None else pool.shape[1:]), torch.get_num_threads()))
     return out
 
 

@@ -778,14 +778,56 @@ INLINE void norm_sample(int op, const float *r, const float *other, const float 
     }
 }
 
-/* out = shortcut + ReLU(gain * r + shift), shortcut NULL for none. */
+/* The shortcut of a stride-2 block without projection, on NCHW maps: a 2 x 2 average pool,
+ * stride 2, ceil mode (a window cut by the border averages the pixels it covers), of the
+ * block's input, with zero channels appended. add_pooled adds it for `channels` maps of
+ * height x width to the (ceil(height / 2) x ceil(width / 2)) maps `out`; a cut window reads its
+ * last row or column twice, which averages the same. add_unpooled adds its backward pass, the
+ * output gradient spread over each window, to x's gradient. */
+static void add_pooled(const float *restrict x, float *restrict out, long channels, long height, long width)
+{
+    const long out_height = (height + 1) / 2, out_width = (width + 1) / 2, pairs = width / 2;
+    for (long k = 0; k < channels; ++k)
+        for (long oy = 0; oy < out_height; ++oy) {
+            const float *restrict top = x + (k * height + 2 * oy) * width;
+            const float *restrict bottom = 2 * oy + 1 < height ? top + width : top;
+            float *restrict dest = out + (k * out_height + oy) * out_width;
+            for (long ox = 0; ox < pairs; ++ox)
+                dest[ox] += 0.25f * ((top[2 * ox] + top[2 * ox + 1]) + (bottom[2 * ox] + bottom[2 * ox + 1]));
+            if (pairs < out_width)
+                dest[pairs] += 0.25f * ((top[width - 1] + top[width - 1]) + (bottom[width - 1] + bottom[width - 1]));
+        }
+}
+
+static void add_unpooled(const float *restrict grad, float *restrict d_x, long channels, long height, long width)
+{
+    const long out_height = (height + 1) / 2, out_width = (width + 1) / 2, pairs = width / 2;
+    for (long k = 0; k < channels; ++k)
+        for (long iy = 0; iy < height; ++iy) {
+            const long oy = iy / 2;
+            const float *restrict g = grad + (k * out_height + oy) * out_width;
+            float *restrict dest = d_x + (k * height + iy) * width;
+            const float scale = 2 * oy + 1 < height ? 0.25f : 0.5f;
+            for (long ox = 0; ox < pairs; ++ox) {
+                dest[2 * ox] += scale * g[ox];
+                dest[2 * ox + 1] += scale * g[ox];
+            }
+            if (pairs < out_width) dest[width - 1] += 2.0f * scale * g[pairs];
+        }
+}
+
+/* out = shortcut + ReLU(gain * r + shift), shortcut NULL for none; with pool_x (or NULL: NCHW
+ * only) the shortcut is instead add_pooled's of pool_x, d_in maps of height x width a sample. */
 int minnets_reduce_norm_forward(const float *r, const float *norm, const float *shortcut, float *out, long batch,
-                                long c, long hw, int maps, int threads)
+                                long c, long hw, int maps, const float *pool_x, long d_in, long height, long width,
+                                int threads)
 {
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (long n = 0; n < batch; ++n) {
         const size_t at = (size_t)(n * c * hw);
         norm_sample(NORM_FORWARD, r + at, shortcut != NULL ? shortcut + at : NULL, norm, out + at, NULL, c, hw, maps);
+        if (pool_x != NULL)
+            add_pooled(pool_x + (size_t)(n * d_in * height * width), out + at, d_in < c ? d_in : c, height, width);
     }
     return 0;
 }
@@ -1017,10 +1059,12 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
  * input as in the forward pass and cross (d_in x d_in): the part of the expansion's input
  * gradient that goes through its BatchNorm's batch statistics. With `maps` (or NULL) the result
  * is also written there as NCHW maps. With `addend` (or NULL: the identity shortcut's gradient,
- * laid out as the result) that is added too. */
+ * laid out as the result) that is added too; with pooled_grad (or NULL: the gradient at a pooled
+ * shortcut's output, grad_channels NCHW maps a sample, x being height x width), add_unpooled's. */
 int minnets_expansion_input_grad(float *grad_rows, const float *x, long sample, long pixel, long channel,
                                  long batch, long hw, long d_in, const float *cross, const float *bias, float *maps,
-                                 const float *addend, int threads)
+                                 const float *addend, const float *pooled_grad, long grad_channels, long height,
+                                 long width, int threads)
 {
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
@@ -1041,6 +1085,11 @@ int minnets_expansion_input_grad(float *grad_rows, const float *x, long sample, 
             if (addend != NULL) {
                 const float *restrict more = addend + (size_t)(n * hw * d_in);
                 for (long i = 0; i < hw * d_in; ++i) result[i] += more[i];
+            }
+            if (pooled_grad != NULL) {
+                const long pooled = ((height + 1) / 2) * ((width + 1) / 2);
+                add_unpooled(pooled_grad + (size_t)(n * grad_channels * pooled), result, d_in < grad_channels ? d_in : grad_channels,
+                             height, width);
             }
         }
         free(scratch);

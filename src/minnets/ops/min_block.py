@@ -136,29 +136,35 @@ def _reduction_norm(moments: Tensor, pixels: int, gamma: Tensor, beta: Tensor, e
 
 
 @torch.library.custom_op("minnets::min_block", mutates_args=(), device_types="cpu")
-def _block(x: Tensor, shortcut: Tensor | None, weight: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float,
-           weight_v: Tensor, weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor, reduce_gamma: Tensor,
-           reduce_beta: Tensor, reduce_eps: float
+def _block(x: Tensor, shortcut: Tensor | None, residual: str, weight: Tensor, gamma: Tensor, beta: Tensor,
+           bn_eps: float, weight_v: Tensor, weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor,
+           reduce_gamma: Tensor, reduce_beta: Tensor, reduce_eps: float
            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The whole Min-block in training mode: ``shortcut + ReLU(BN(branch))`` (``shortcut`` None:
-    x itself). Returns the output, then the reduction's output and ``norm`` for the backward
-    pass, the branch's bookkeeping (as ``min_block_branch``) and the reduction's batch mean and
-    unbiased variance."""
+    """The whole Min-block in training mode: ``shortcut + ReLU(BN(branch))``, the shortcut as
+    ``residual`` says: "given" (``shortcut``, which gets the output's gradient), "input" (x
+    itself), or "pooled" (the stride-2 block's 2x2 average pool of NCHW x with zero channels
+    appended, computed in the kernel's passes, forward and backward).
+    Returns the output, then the reduction's output and ``norm`` for the backward pass, the
+    branch's bookkeeping (as ``min_block_branch``) and the reduction's batch mean and unbiased
+    variance."""
     moments = x.new_empty(x.shape[0], 3, reduce_weight.shape[0], dtype=torch.float64)
     reduced, *branch = _branch_forward(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight,
                                        moments)
     norm, reduce_mean, reduce_var = _reduction_norm(moments, reduced.shape[2] * reduced.shape[3], reduce_gamma,
                                                     reduce_beta, reduce_eps)
-    out = kernels.reduce_norm_forward(reduced, norm, x if shortcut is None else shortcut)
+    added = {"given": shortcut, "input": x, "pooled": None}[residual]
+    out = kernels.reduce_norm_forward(reduced, norm, added, x if residual == "pooled" else None)
     return out, reduced, norm, *branch, reduce_mean, reduce_var
 
 
 def _through_branch(grad: Tensor, x: Tensor, mean_x: Tensor, gram: Tensor, weight: Tensor, gamma: Tensor,
                     beta: Tensor, bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor, stride: int,
                     reduce_weight: Tensor, reduce_norm: tuple[Tensor, Tensor] | None = None,
-                    addend: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    addend: Tensor | None = None, pooled: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The branch's gradients from its input x and the moments the forward pass computed (through
-    the reduction's BatchNorm and ReLU too with ``reduce_norm``; x's plus ``addend``)."""
+    the reduction's BatchNorm and ReLU too with ``reduce_norm``; x's plus ``addend``, or plus the
+    pooled shortcut's share of the gradient ``pooled``)."""
     fold = _fold(x, mean_x, gram, weight, gamma, beta, bn_eps)
     expansion = fold.expansion
     _, d_weight_v, d_weight_g, d_reduce = kernels.min_unit_backward(
@@ -169,7 +175,7 @@ def _through_branch(grad: Tensor, x: Tensor, mean_x: Tensor, gram: Tensor, weigh
     d_weight, d_gamma, d_beta, cross, cross_bias = _fold_backward(fold, u_x, u_sum, x.dtype)
     # [x - mu] @ cross + cross_bias = x @ cross + (cross_bias - mu @ cross)
     d_x = kernels.expansion_input_grad(expansion, cross.to(x.dtype), (cross_bias - mean_x @ cross).to(x.dtype),
-                                       maps=x.is_contiguous(), addend=addend)
+                                       maps=x.is_contiguous(), addend=addend, pooled=pooled)
     # Layouts as the fake implementation promises them: x's gradient as x, the rest contiguous.
     return (d_x, *(t.contiguous() for t in (d_weight, d_gamma, d_beta, d_weight_v, d_weight_g, d_reduce)))
 
@@ -184,7 +190,7 @@ def _branch_backward(grad: Tensor, x: Tensor, mean_x: Tensor, gram: Tensor, weig
 
 
 @torch.library.custom_op("minnets::min_block_backward", mutates_args=(), device_types="cpu")
-def _block_backward(grad: Tensor, x: Tensor, identity: bool, mean_x: Tensor, gram: Tensor, weight: Tensor,
+def _block_backward(grad: Tensor, x: Tensor, residual: str, mean_x: Tensor, gram: Tensor, weight: Tensor,
                     gamma: Tensor, beta: Tensor, bn_eps: float, weight_v: Tensor, weight_g: Tensor, stats: Tensor,
                     stride: int, reduce_weight: Tensor, reduced: Tensor, norm: Tensor
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -197,7 +203,8 @@ def _block_backward(grad: Tensor, x: Tensor, identity: bool, mean_x: Tensor, gra
     gain, inv_sigma = norm[0].double(), norm[3].double()
     coefficients = torch.cat([norm[:4], torch.stack([gain * sums[0], gain * inv_sigma * sums[1]]).div(count).to(norm)])
     branch = _through_branch(grad, x, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride,
-                             reduce_weight, (reduced, coefficients), grad if identity else None)
+                             reduce_weight, (reduced, coefficients), grad if residual == "input" else None,
+                             grad if residual == "pooled" else None)
     return (*branch, sums[1].to(x.dtype), sums[0].to(x.dtype))
 
 
@@ -251,7 +258,7 @@ def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight, reduce_bi
 
 
 @_block.register_fake
-def _(x, shortcut, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight, reduce_gamma,
+def _(x, shortcut, residual, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight, reduce_gamma,
       reduce_beta, reduce_eps):
     d_out = reduce_weight.shape[0]
     _, *branch = _fake_branch(x, weight, weight_v, stride, reduce_weight)
@@ -260,7 +267,7 @@ def _(x, shortcut, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps,
 
 
 @_block_backward.register_fake
-def _(grad, x, identity, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight,
+def _(grad, x, residual, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride, reduce_weight,
       reduced, norm):
     d_out = reduce_weight.shape[0]
     return (*_fake_branch_grads(x, weight, gamma, beta, weight_v, weight_g, reduce_weight), x.new_empty(d_out),
@@ -288,24 +295,23 @@ _branch.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _block_setup_context(ctx, inputs: tuple, output: tuple) -> None:
-    x, shortcut, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, *_ = inputs
-    reduce_weight = inputs[10]
+    x, _, residual, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, _, reduce_weight, *_ = inputs
     _, reduced, norm, _, _, stats, mean_x, gram, _, _ = output
     ctx.save_for_backward(x, mean_x, gram, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight, reduced,
                           norm)
-    ctx.bn_eps, ctx.stride, ctx.identity = bn_eps, stride, shortcut is None
+    ctx.bn_eps, ctx.stride, ctx.residual = bn_eps, stride, residual
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)
 
 
 def _block_backward_rule(ctx, grad: Tensor, *_unused: Tensor) -> tuple:
     if grad is None:
-        return (None,) * 14
+        return (None,) * 15
     x, mean_x, gram, weight, gamma, beta, weight_v, weight_g, stats, reduce_weight, reduced, norm = ctx.saved_tensors
-    d = _block_backward(grad, x, ctx.identity, mean_x, gram, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g,
+    d = _block_backward(grad, x, ctx.residual, mean_x, gram, weight, gamma, beta, ctx.bn_eps, weight_v, weight_g,
                         stats, ctx.stride, reduce_weight, reduced, norm)
-    d_shortcut = None if ctx.identity else grad
-    return d[0], d_shortcut, d[1], d[2], d[3], None, d[4], d[5], None, None, d[6], d[7], d[8], None
+    d_shortcut = grad if ctx.residual == "given" else None
+    return d[0], d_shortcut, None, d[1], d[2], d[3], None, d[4], d[5], None, None, d[6], d[7], d[8], None
 
 
 _block.register_autograd(_block_backward_rule, setup_context=_block_setup_context)
@@ -379,10 +385,11 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
     filters = (unit.filter_v.weight, unit.filter_g.weight, unit.stride, unit.eps)
     if (bn.training or bn.running_mean is None) and _batch_statistics(reduce):
         norm = reduce[1]
-        shortcut = None if getattr(block.shortcut, "is_identity", False) else block.shortcut(x)
+        residual = _residual(block.shortcut, x)
+        shortcut = block.shortcut(x) if residual == "given" else None
         total, _, _, mean, var, _, _, _, reduce_mean, reduce_var = _block(
-            x, shortcut, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight, norm.weight, norm.bias,
-            norm.eps)
+            x, shortcut, residual, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight, norm.weight,
+            norm.bias, norm.eps)
         if bn.training:
             _running_update(bn, mean, var)
         if norm.training:
@@ -404,6 +411,16 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
         return None
     total = block.shortcut(x) + branch  # both in x's format
     return total if x is given else _ChannelsLastGradient.apply(total).contiguous()
+
+
+def _residual(shortcut: nn.Module, x: Tensor) -> str:
+    """How ``minnets::min_block`` adds ``shortcut(x)``: itself where the shortcut says it is the
+    identity or the stride-2 average pool without projection (on NCHW x), else as given."""
+    if getattr(shortcut, "is_identity", False):
+        return "input"
+    if getattr(shortcut, "is_pooling", False) and x.is_contiguous():
+        return "pooled"
+    return "given"
 
 
 def _batch_statistics(reduce: nn.Module) -> bool:
