@@ -210,12 +210,22 @@ def _block_backward(grad: Tensor, x: Tensor, residual: str, mean_x: Tensor, gram
 
 @torch.library.custom_op("minnets::min_block_branch_inference", mutates_args=(), device_types="cpu")
 def _branch_inference(x: Tensor, weight: Tensor, bias: Tensor, weight_v: Tensor, weight_g: Tensor, stride: int,
-                      eps: float, reduce_weight: Tensor, reduce_bias: Tensor | None, reduce_relu: bool) -> Tensor:
+                      eps: float, reduce_weight: Tensor, reduce_bias: Tensor | None, reduce_relu: bool,
+                      residual: str) -> Tensor:
     """The branch with the expansion's BatchNorm folded into ``weight`` and ``bias`` and, with a
-    ``reduce_bias``, the reduction's into ``reduce_weight`` and ``reduce_bias``."""
+    ``reduce_bias``, the reduction's into ``reduce_weight`` and ``reduce_bias``; with
+    ``reduce_relu``, plus the shortcut where ``residual`` (as in ``min_block``) is "input" or
+    "pooled" (for "given" the caller adds it)."""
     expansion = kernels.Expansion(x, weight.flatten(1), bias)
-    return kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, expansion,
-                                    reduce_bias, reduce_relu, maps=x.is_contiguous())[0]
+    out = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, expansion,
+                                   reduce_bias, reduce_relu, maps=x.is_contiguous())[0]
+    if residual == "given" or not reduce_relu:
+        return out
+    # The output is rectified already: ReLU(1 * out + 0) + shortcut is the sum, in one pass.
+    identity = torch.zeros(6, out.shape[1], dtype=out.dtype)
+    identity[0] = 1.0
+    return kernels.reduce_norm_forward(out, identity, x if residual == "input" else None,
+                                       x if residual == "pooled" else None)
 
 
 def _layout(x: Tensor) -> torch.memory_format:
@@ -253,7 +263,7 @@ def _(grad, x, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, st
 
 
 @_branch_inference.register_fake
-def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight, reduce_bias, reduce_relu):
+def _(x, weight, bias, weight_v, weight_g, stride, eps, reduce_weight, reduce_bias, reduce_relu, residual):
     return _fake_out(x, weight_v, stride, reduce_weight)
 
 
@@ -404,9 +414,12 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
         expand = _running_fold(conv, bn)
         folded = _evaluation_fold(reduce)
         if folded is not None:
-            branch = _branch_inference(x, *expand, *filters, *folded, True)
+            residual = _residual(block.shortcut, x)
+            branch = _branch_inference(x, *expand, *filters, *folded, True, residual)
+            if residual != "given":  # then x is the block's own input (no projection, no copy)
+                return branch
         else:
-            branch = reduce[1:](_branch_inference(x, *expand, *filters, reduce[0].weight, None, False))
+            branch = reduce[1:](_branch_inference(x, *expand, *filters, reduce[0].weight, None, False, "given"))
     else:
         return None
     total = block.shortcut(x) + branch  # both in x's format
