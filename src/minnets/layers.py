@@ -139,10 +139,11 @@ class MinBlock(nn.Module):
         shortcut.projection.weight   (d_out, d_in, 1, 1)  only with the projection
         shortcut.projection.bias     (d_out,)             only with the projection
 
-    Speed: on the CPU, with float32 maps and the minimum, the branch up to the reduction's
-    BatchNorm runs as one native operator (:func:`minnets.ops.fused_min_block`, the same
-    mathematics and BatchNorm bookkeeping) in training, and in inference without gradients;
-    forward hooks on the fused convs do not fire there. Everything else runs the modules.
+    Speed: on the CPU, with float32 maps and the minimum, the whole block (the branch, its
+    BatchNorms and ReLUs and the sum with the shortcut; a projection's conv stays a module) runs
+    as one native operator in training, and the same in inference without gradients
+    (:func:`minnets.ops.fused_min_block`, the same mathematics and BatchNorm bookkeeping);
+    forward hooks on the fused modules do not fire there. Everything else runs the modules.
     """
 
     def __init__(

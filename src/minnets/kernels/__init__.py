@@ -7,7 +7,8 @@ main memory a dozen times a step, and oneDNN's depthwise weight gradient is slow
 read of the input and the output gradient (see the comment at its top), a sample at a time,
 split across ``torch.get_num_threads()`` OpenMP threads. Inside a Min-block it also takes the
 1x1 convs on either side (:class:`Expansion`, ``reduce_weight``), so that the block's widest
-maps stay in the cache.
+maps stay in the cache, and the reduction's BatchNorm, ReLU and shortcut sum
+(:func:`reduce_norm_forward`, :func:`reduce_norm_sums`).
 
 Building: the system C compiler (``$CC``, else ``cc``) compiles the source with
 ``-O3 -march=native -fopenmp`` into ``$MINNETS_CACHE/kernels`` (default

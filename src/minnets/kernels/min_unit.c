@@ -10,9 +10,10 @@
  * an element, cheaper than storing and re-reading them), then reads the output gradient and
  * writes x's. Full-size maps cross main memory about once per direction, where separate
  * kernels (two convs, two instance norms, ReLUs, a minimum, and their backward passes) cross it
- * a dozen times. Optionally (see the last three functions) the 1x1 convs on either side of the
- * unit in a Min-block are fused in as well; the block's own input and output may then be NCHW,
- * transposed a sample at a time in the cache.
+ * a dozen times. Optionally (the minnets_* entry points) the 1x1 convs on either side of the
+ * unit in a Min-block are fused in as well, and the BatchNorm and ReLU after the reduction and
+ * the shortcut's sum take one more pass over the block's narrow output each way; the block's
+ * own input and output may be NCHW, transposed a sample at a time in the cache.
  *
  * Filters come as (k*k x c) tap-major arrays. stats holds, per sample, four runs of c floats:
  * mean(v), 1/sqrt(var(v)+eps), mean(g), 1/sqrt(var(g)+eps), with the biased variance (what

@@ -1,4 +1,4 @@
-r"""A Min-block's residual branch up to its last BatchNorm as one native CPU operator.
+r"""A Min-block as native CPU operators: the whole block in training, its branch otherwise.
 
 ``minnets::min_block_branch(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps,
 reduce_weight) -> (out, mean, var, stats, mean_x, gram)`` is ``conv1x1(reduce_weight, MinUnit(ReLU(BN(W x))))``
@@ -8,6 +8,14 @@ from which the caller (:func:`fused_min_block`) updates the running statistics a
 ``nn.BatchNorm2d`` would, and for its backward pass the per-sample statistics and the moments of
 x (its mean and ``count`` times its covariance).
 
+``minnets::min_block(x, shortcut, residual, ...)`` is the whole block in training mode, the
+branch above plus the reduction's BatchNorm (batch statistics), its ReLU and the sum with the
+shortcut: x itself, the stride-2 block's 2x2 average pool of x with zero channels appended
+(both computed in the kernel's passes), or a given tensor (the projection). It runs wherever
+the reduction is exactly conv, BatchNorm, ReLU with that BatchNorm normalising by batch
+statistics; ``min_block_branch`` covers the rest (a frozen reduction BatchNorm, replaced
+modules), followed by the modules.
+
 Why one operator: the statistics of ``W x`` follow from those of the (narrower) input, mean
 ``W mu`` and variance ``diag(W Sigma W^T)`` with ``Sigma`` its ``d_in x d_in`` covariance, so the
 BatchNorm folds into the conv before the wide maps exist, and the native kernel
@@ -15,11 +23,15 @@ BatchNorm folds into the conv before the wide maps exist, and the native kernel
 output and the unit's output a sample at a time in the cache, applying the reduction there;
 its backward pass recomputes them. None of the block's wide maps (the expansion's and the
 unit's outputs and their gradients) is ever written to memory, and x stays where it lies
-(NCHW maps are transposed a sample at a time in the cache). The small matrices are computed in float64.
-``minnets::min_block_branch_inference`` is the same pass with the running statistics of both
-BatchNorms folded in (and the reduction's ReLU applied), for inference without gradients.
+(NCHW maps are transposed a sample at a time in the cache). The reduction's BatchNorm takes
+its batch statistics from per-sample moments the forward kernel records, so it needs one more
+pass over the (narrow) output, forward and backward, and none over the wide maps. The small
+matrices are computed in float64.
+``minnets::min_block_branch_inference`` is the branch with the running statistics of both
+BatchNorms folded in (and the reduction's ReLU applied, and x or its pool added), for
+inference without gradients.
 
-Both take float32 CPU tensors; :func:`fused_min_block` says when they apply and otherwise
+All take float32 CPU tensors; :func:`fused_min_block` says when they apply and otherwise
 returns None, and :class:`minnets.MinBlock` runs its modules, the same mathematics.
 """
 
