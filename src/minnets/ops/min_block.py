@@ -159,7 +159,7 @@ def _block(x: Tensor, shortcut: Tensor | None, residual: str, weight: Tensor, ga
     Returns the output, then the reduction's output and ``norm`` for the backward pass, the
     branch's bookkeeping (as ``min_block_branch``) and the reduction's batch mean and unbiased
     variance."""
-    moments = x.new_empty(x.shape[0], 3, reduce_weight.shape[0], dtype=torch.float64)
+    moments = x.new_zeros(x.shape[0], 3, reduce_weight.shape[0], dtype=torch.float64)  # zeros: maps without pixels
     reduced, *branch = _branch_forward(x, weight, gamma, beta, bn_eps, weight_v, weight_g, stride, eps, reduce_weight,
                                        moments)
     norm, reduce_mean, reduce_var = _reduction_norm(moments, reduced.shape[2] * reduced.shape[3], reduce_gamma,
