@@ -296,12 +296,7 @@ def expansion_input_grad(expansion: Expansion, cross: torch.Tensor, bias: torch.
     grad_rows = expansion.grad_rows
     cross, bias = cross.contiguous(), bias.contiguous()
     out = torch.empty(n, d_in, h, w) if maps else grad_rows.view(n, h, w, d_in).permute(0, 3, 1, 2)
-    if addend is not None:
-        addend = addend.contiguous(memory_format=_format(maps))
-    if pooled is not None:
-        if not maps:
-            raise ValueError("the pooled shortcut's gradient needs NCHW maps")
-        pooled = pooled.contiguous()
+    addend, pooled = _shortcut_operands(addend, pooled, maps)
     if grad_rows.numel():
         _check(_load().minnets_expansion_input_grad(grad_rows.data_ptr(), expansion.x.data_ptr(), *expansion.strides,
                                                     n, h * w, d_in, cross.data_ptr(), bias.data_ptr(),
@@ -317,6 +312,19 @@ def _format(maps: bool) -> torch.memory_format:
     return torch.contiguous_format if maps else torch.channels_last
 
 
+def _shortcut_operands(added: torch.Tensor | None, pooled: torch.Tensor | None, maps: bool
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A shortcut (or its gradient) laid out as the kernel reads the block's maps, and the pooled
+    shortcut's input (or gradient at its output), which it reads as NCHW only."""
+    if added is not None:
+        added = added.contiguous(memory_format=_format(maps))
+    if pooled is not None:
+        if not maps:
+            raise ValueError("the pooled shortcut needs NCHW maps")
+        pooled = pooled.contiguous()
+    return added, pooled
+
+
 def reduce_norm_forward(reduced: torch.Tensor, norm: torch.Tensor, shortcut: torch.Tensor | None,
                         pool: torch.Tensor | None = None) -> torch.Tensor:
     """``shortcut + ReLU(gain * reduced + shift)`` per channel, ``gain`` and ``shift`` the first
@@ -326,12 +334,7 @@ def reduce_norm_forward(reduced: torch.Tensor, norm: torch.Tensor, shortcut: tor
     2x2 average pool (ceil mode) with zero channels appended."""
     n, c, h, w = reduced.shape
     maps = reduced.is_contiguous()
-    if shortcut is not None:
-        shortcut = shortcut.contiguous(memory_format=_format(maps))
-    if pool is not None:
-        if not maps:
-            raise ValueError("the pooled shortcut needs NCHW maps")
-        pool = pool.contiguous()
+    shortcut, pool = _shortcut_operands(shortcut, pool, maps)
     out = torch.empty_like(reduced, memory_format=_format(maps))
     if out.numel():
         _check(_load().minnets_reduce_norm_forward(
