@@ -55,7 +55,8 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     n, c, h, w = x.shape
     count = n * h * w
     # Sums run in x's dtype over one sample's pixels and in float64 across samples: a float64
-    # sum over all of x would first copy it to float64 (measured: 3 ms of a 7 ms block forward).
+    # sum over all of x would first copy it to float64 (measured: 0.95 ms against 0.05 ms for a
+    # 128 x 16 x 32 x 32 batch).
     if x.is_contiguous(memory_format=_CHANNELS_LAST) and not x.is_contiguous():
         rows = x.permute(0, 2, 3, 1).reshape(count, c)  # a view
         total = rows.view(n, h * w, c).sum(dim=1).sum(dim=0, dtype=torch.float64)
