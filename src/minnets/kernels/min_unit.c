@@ -1089,8 +1089,8 @@ int minnets_expansion_input_grad(float *grad_rows, const float *x, long sample, 
             }
             if (pooled_grad != NULL) {
                 const long pooled = ((height + 1) / 2) * ((width + 1) / 2);
-                add_unpooled(pooled_grad + (size_t)(n * grad_channels * pooled), result, d_in < grad_channels ? d_in : grad_channels,
-                             height, width);
+                add_unpooled(pooled_grad + (size_t)(n * grad_channels * pooled), result,
+                             d_in < grad_channels ? d_in : grad_channels, height, width);
             }
         }
         free(scratch);
