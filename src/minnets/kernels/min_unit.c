@@ -854,14 +854,6 @@ int minnets_reduce_norm_sums(const float *grad, const float *r, const float *nor
     return 0;
 }
 
-/* One sample's gradient at r: gain * d - gain * mean(d) - gain / sigma * mean(d * r_hat) * (r - mean),
- * into `out` in the same order as grad and r. */
-static void reduce_norm_backward(const float *restrict grad, const float *restrict r, const float *restrict norm,
-                                 float *restrict out, long c, long hw, int maps)
-{
-    norm_sample(NORM_BACKWARD, r, grad, norm, out, NULL, c, hw, maps);
-}
-
 /* Per channel of (hw x c) rows: a shift (the mean, rounded to float), then the sums of
  * (row - shift) and of its square, in double: moments[0..c), [c..2c), [2c..3c). From these the
  * caller gets the batch's mean and variance exactly, without a second pass over the maps.
@@ -1021,8 +1013,9 @@ int minnets_min_unit_backward(const float *grad, const float *x, const float *w_
                 const float *grad_reduced = grad + (size_t)n * reduced_size;
                 if (reduce_norm != NULL) {
                     float *dest = grad_maps ? grad_maps_scratch : grad_rows;
-                    reduce_norm_backward(grad_reduced, reduce_out + (size_t)n * reduced_size, reduce_norm, dest, d_out,
-                                         hw_out, grad_maps);
+                    /* r's gradient, gain * d - gain * mean(d) - gain / sigma * mean(d * r_hat) * (r - mean) */
+                    norm_sample(NORM_BACKWARD, reduce_out + (size_t)n * reduced_size, grad_reduced, reduce_norm, dest,
+                                NULL, d_out, hw_out, grad_maps);
                     grad_reduced = dest;
                 }
                 if (grad_maps) {

@@ -158,6 +158,14 @@ def _reduction_norm(moments: Tensor, pixels: int, gamma: Tensor, beta: Tensor, e
     return norm, mean.to(gamma.dtype), (m2 / max(count - 1, 1)).to(gamma.dtype)
 
 
+def _residual_operands(residual: str, t: Tensor, given: Tensor | None = None
+                       ) -> tuple[Tensor | None, Tensor | None]:
+    """What the kernel's passes add for ``residual``, from x (forward) or the output's gradient
+    (backward) ``t``: (a tensor added as it lies, a tensor whose 2x2 average pool is added, or
+    whose pool's backward pass is)."""
+    return {"given": (given, None), "input": (t, None), "pooled": (None, t)}[residual]
+
+
 @torch.library.custom_op("minnets::min_block", mutates_args=(), device_types="cpu")
 def _block(x: Tensor, shortcut: Tensor | None, residual: str, weight: Tensor, gamma: Tensor, beta: Tensor,
            bn_eps: float, weight_v: Tensor, weight_g: Tensor, stride: int, eps: float, reduce_weight: Tensor,
@@ -175,8 +183,7 @@ def _block(x: Tensor, shortcut: Tensor | None, residual: str, weight: Tensor, ga
                                        moments)
     norm, reduce_mean, reduce_var = _reduction_norm(moments, reduced.shape[2] * reduced.shape[3], reduce_gamma,
                                                     reduce_beta, reduce_eps)
-    added = {"given": shortcut, "input": x, "pooled": None}[residual]
-    out = kernels.reduce_norm_forward(reduced, norm, added, x if residual == "pooled" else None)
+    out = kernels.reduce_norm_forward(reduced, norm, *_residual_operands(residual, x, shortcut))
     return out, reduced, norm, *branch, reduce_mean, reduce_var
 
 
@@ -227,8 +234,7 @@ def _block_backward(grad: Tensor, x: Tensor, residual: str, mean_x: Tensor, gram
     gain, inv_sigma = norm[0].double(), norm[3].double()
     coefficients = torch.cat([norm[:4], torch.stack([gain * sums[0], gain * inv_sigma * sums[1]]).div(count).to(norm)])
     branch = _through_branch(grad, x, mean_x, gram, weight, gamma, beta, bn_eps, weight_v, weight_g, stats, stride,
-                             reduce_weight, (reduced, coefficients), grad if residual == "input" else None,
-                             grad if residual == "pooled" else None)
+                             reduce_weight, (reduced, coefficients), *_residual_operands(residual, grad))
     return (*branch, sums[1].to(x.dtype), sums[0].to(x.dtype))
 
 
@@ -248,8 +254,7 @@ def _branch_inference(x: Tensor, weight: Tensor, bias: Tensor, weight_v: Tensor,
     # The output is rectified already: ReLU(1 * out + 0) + shortcut is the sum, in one pass.
     identity = torch.zeros(6, out.shape[1], dtype=out.dtype)
     identity[0] = 1.0
-    return kernels.reduce_norm_forward(out, identity, x if residual == "input" else None,
-                                       x if residual == "pooled" else None)
+    return kernels.reduce_norm_forward(out, identity, *_residual_operands(residual, x))
 
 
 def _layout(x: Tensor) -> torch.memory_format:
@@ -417,9 +422,9 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
         # The projection's 1x1 conv is faster on a channels-last copy, which the branch reads too.
         x = x.contiguous(memory_format=_CHANNELS_LAST)
     filters = (unit.filter_v.weight, unit.filter_g.weight, unit.stride, unit.eps)
+    residual = _residual(block.shortcut, x)
     if (bn.training or bn.running_mean is None) and _batch_statistics(reduce):
         norm = reduce[1]
-        residual = _residual(block.shortcut, x)
         shortcut = block.shortcut(x) if residual == "given" else None
         total, _, _, mean, var, _, _, _, reduce_mean, reduce_var = _block(
             x, shortcut, residual, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight, norm.weight,
@@ -428,25 +433,24 @@ def fused_min_block(block: nn.Module, x: Tensor) -> Tensor | None:
             _running_update(bn, mean, var)
         if norm.training:
             _running_update(norm, reduce_mean, reduce_var)
-        return total if x is given else _ChannelsLastGradient.apply(total).contiguous()
-    if bn.training or bn.running_mean is None:
-        out, mean, var, *_ = _branch(x, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight)
-        if bn.training:
-            _running_update(bn, mean, var)
-        branch = reduce[1:](out)
-    elif not torch.is_grad_enabled():
-        expand = _running_fold(conv, bn)
-        folded = _evaluation_fold(reduce)
-        if folded is not None:
-            residual = _residual(block.shortcut, x)
-            branch = _branch_inference(x, *expand, *filters, *folded, True, residual)
-            if residual != "given":  # then x is the block's own input (no projection, no copy)
-                return branch
-        else:
-            branch = reduce[1:](_branch_inference(x, *expand, *filters, reduce[0].weight, None, False, "given"))
     else:
-        return None
-    total = block.shortcut(x) + branch  # both in x's format
+        if bn.training or bn.running_mean is None:
+            out, mean, var, *_ = _branch(x, conv.weight, bn.weight, bn.bias, bn.eps, *filters, reduce[0].weight)
+            if bn.training:
+                _running_update(bn, mean, var)
+            branch = reduce[1:](out)
+            residual = "given"
+        elif not torch.is_grad_enabled():
+            expand = _running_fold(conv, bn)
+            folded = _evaluation_fold(reduce)
+            if folded is not None:
+                branch = _branch_inference(x, *expand, *filters, *folded, True, residual)
+            else:
+                branch = reduce[1:](_branch_inference(x, *expand, *filters, reduce[0].weight, None, False, "given"))
+                residual = "given"
+        else:
+            return None
+        total = block.shortcut(x) + branch if residual == "given" else branch  # both in x's format
     return total if x is given else _ChannelsLastGradient.apply(total).contiguous()
 
 
