@@ -249,8 +249,10 @@ def _branch_inference(x: Tensor, weight: Tensor, bias: Tensor, weight_v: Tensor,
     expansion = kernels.Expansion(x, weight.flatten(1), bias)
     out = kernels.min_unit_forward(None, weight_v, weight_g, stride, eps, reduce_weight, expansion,
                                    reduce_bias, reduce_relu, maps=x.is_contiguous())[0]
-    if residual == "given" or not reduce_relu:
+    if residual == "given":
         return out
+    if not reduce_relu:
+        raise ValueError("min_block_branch_inference adds the shortcut only after the reduction's ReLU")
     # The output is rectified already: ReLU(1 * out + 0) + shortcut is the sum, in one pass.
     identity = torch.zeros(6, out.shape[1], dtype=out.dtype)
     identity[0] = 1.0
